@@ -1,0 +1,45 @@
+# Inside Inference — every target bootstraps .venv first, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: install lab test test-unit test-notebooks course checkpoints bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
+
+test-unit: install
+	$(BIN)/python -m pytest tests -q
+
+test-notebooks: install
+	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
+
+# Instructors: run every notebook headless into build/ (PARAMS=params.yaml gives per-notebook parameters).
+course: install
+	$(BIN)/python -m course_lib.run_course --out build $(if $(PARAMS),--params $(PARAMS),)
+
+# Re-run every training recipe (overwrites checkpoints/ and MANIFEST.json; see README).
+checkpoints: install
+	$(BIN)/python -m course_lib.train.all
+
+bench: install
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf build runs .pytest_cache

@@ -1,0 +1,197 @@
+"""The course's text model: a small LLaMA-style decoder trained on product listings.
+
+Read it top to bottom like nanoGPT: a config dict (`h_params`, the seed's name for it), the
+model, and `load_gpt`, which is seed 001's loading recipe — load → rebuild from h_params →
+load_state_dict → eval → to(device) — with safe loading and readable errors.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoints import get_entry, load_checkpoint, load_weights
+from .kv_cache import KVCache
+from .layers import Block, RMSNorm, padding_mask, rope_angles
+from .paths import TEXT_MODEL
+from .sampling import generate_ids, position_ids_from_mask
+
+DEFAULT_H_PARAMS = {
+    "vocab_size": 100277,  # cl100k_base, special tokens included
+    "n_embd": 64,
+    "n_layer": 4,
+    "n_head": 4,
+    "block_size": 512,     # the longest context the model attends over
+    "dropout": 0.1,
+    "rope_theta": 10000.0,
+}
+REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head", "block_size")
+
+
+class GPT(nn.Module):
+    """Token embedding → n_layer causal blocks → RMSNorm → output head tied to the embedding."""
+
+    def __init__(self, h_params: dict):
+        super().__init__()
+        missing = [k for k in REQUIRED if k not in h_params]
+        if missing:
+            raise ValueError(f"h_params is missing {missing}; it needs at least {list(REQUIRED)}")
+        self.h_params = {**DEFAULT_H_PARAMS, **h_params}
+        hp = self.h_params
+        self.block_size = hp["block_size"]
+        self.head_dim = hp["n_embd"] // hp["n_head"]
+        self.tok_emb = nn.Embedding(hp["vocab_size"], hp["n_embd"])
+        self.drop = nn.Dropout(hp["dropout"])
+        self.blocks = nn.ModuleList(Block(hp["n_embd"], hp["n_head"], hp["dropout"], causal=True) for _ in range(hp["n_layer"]))
+        self.norm = RMSNorm(hp["n_embd"])
+        self.lm_head = nn.Linear(hp["n_embd"], hp["vocab_size"], bias=False)
+        # Weight tying: the 100k-row table is most of the model; using it for input and output
+        # halves the size and ties "what a token means" to "when to predict it".
+        self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "ffn.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * hp["n_layer"]))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    def num_params(self) -> int:
+        """Parameters counted once (the tied head is the embedding)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T).
+
+        attention_mask (B, T) marks real tokens with 1 and padding with 0. Without position_ids
+        they are derived from it (cumsum - 1), so left-padded rows still start at position 0.
+        """
+        B, T = idx.shape
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; keep the last {self.block_size} tokens")
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            else:
+                position_ids = torch.arange(T, device=idx.device)[None].expand(B, T)
+        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
+        mask = padding_mask(attention_mask, causal=True) if attention_mask is not None else None
+        x = self.drop(self.tok_emb(idx))
+        for block in self.blocks:
+            x = block(x, rope, mask)
+        return self.lm_head(self.norm(x))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (targets are idx shifted left by one)."""
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    # ------------------------------------------------------------------ cached inference
+    # The low-level API (chapter 03, gpt-fast style): `infer` runs T new tokens against a KV cache,
+    # `prefill` fills a fresh cache with a prompt, `decode_step` feeds one token. Positions are
+    # explicit: with a cache the model cannot guess where the new tokens sit.
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for this model: (n_layer, B, n_head, max_len, head_dim), max_len = block_size."""
+        hp = self.h_params
+        return KVCache(hp["n_layer"], batch_size, hp["n_head"], self.head_dim, max_len or self.block_size,
+                       device=self.device, dtype=self.tok_emb.weight.dtype)
+
+    def _hidden(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
+        x = self.drop(self.tok_emb(idx))
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, kv_cache=cache.layer(i))
+        cache.advance(idx.shape[1])
+        return self.norm(x)
+
+    def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """One step over T new tokens (B, T) → (logits (B, T, vocab), cache).
+
+        position_ids (B, T) are required: the new tokens' positions depend on what is already in
+        the cache and on each row's padding, which only the caller knows (seed 002's failure).
+        attention_mask (B, cache.length + T) marks real tokens (1) and padding (0) over every token
+        the cache will hold after this step. cache=None starts a new one (max_len = block_size).
+        """
+        if position_ids is None:
+            raise TypeError("GPT.infer needs position_ids (B, T): the position of every new token, e.g. "
+                            "torch.arange(cache.length, cache.length + T)[None] without padding, or "
+                            "attention_mask.cumsum(-1) - 1 for left-padded rows; generate() builds them for you")
+        B, T = input_ids.shape
+        if position_ids.dim() == 1:
+            position_ids = position_ids[None].expand(B, T)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must have shape {(B, T)} like input_ids, got {tuple(position_ids.shape)}")
+        cache = self.new_cache(B) if cache is None else cache
+        mask = None
+        if attention_mask is not None or T > 1:  # one unpadded new token may attend to everything cached
+            mask = cache.attn_mask(T, attention_mask)
+        return self.lm_head(self._hidden(input_ids, position_ids, mask, cache)), cache
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Run the whole prompt (B, T) once into an emptied cache; return last-position logits (B, vocab).
+
+        Only the last position's logits are computed: the 100k-wide head is the costliest matmul.
+        """
+        B, T = idx.shape
+        if cache is None or cache.batch_size != B:
+            cache = self.new_cache(B)
+        cache.reset()  # a new prompt must never see the previous one's keys
+        if attention_mask is None:
+            pos = torch.arange(T, device=idx.device)[None].expand(B, T)
+        else:
+            pos = position_ids_from_mask(attention_mask)
+        h = self._hidden(idx, pos, cache.attn_mask(T, attention_mask), cache)
+        return self.lm_head(h[:, -1, :]), cache
+
+    @torch.no_grad()
+    def decode_step(self, token: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one new token per row (B, 1); return its logits (B, vocab).
+
+        attention_mask (B, cache.length + 1) covers the cached tokens plus this one; each row's
+        position is its count of real tokens minus one (left padding does not shift it).
+        """
+        B = token.shape[0]
+        if attention_mask is None:
+            pos = torch.full((B, 1), cache.length, device=token.device, dtype=torch.long)
+            mask = None
+        else:
+            pos = attention_mask.long().sum(-1, keepdim=True) - 1
+            mask = cache.attn_mask(1, attention_mask)
+        return self.lm_head(self._hidden(token, pos, mask, cache)[:, -1, :])
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None, *, repetition_penalty: float = 1.0,
+                 use_cache: bool = True, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (B, T); temperature=0 is greedy.
+
+        use_cache=False is the simplest correct loop (re-run the whole cropped context for every
+        token); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
+        See sampling.generate_ids for what happens at the context limit.
+        """
+        return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
+                            generator=generator, use_cache=use_cache, attention_mask=attention_mask)
+
+
+def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
+    """Seed 001's recipe: load → rebuild from h_params → load_state_dict → eval() → to(device)."""
+    path = TEXT_MODEL if path is None else Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model = GPT(get_entry(ckpt, "h_params", path))
+    load_weights(model, get_entry(ckpt, "model_state_dict", path), strict=True)
+    return model.eval().to(device)

@@ -1,0 +1,73 @@
+"""A contiguous, pre-allocated key/value cache (the gpt-fast design).
+
+Decoding one token only needs that token's query; the keys and values of every earlier token
+are unchanged, so we store them once instead of recomputing the whole prefix every step.
+Buffers are allocated once at (B, H, max_len, head_dim) and written in place, so shapes and
+addresses stay fixed across steps (what compiled graphs and CUDA graphs want).
+
+Protocol used by `layers.Attention`: for a step of T new tokens, every layer calls
+`cache.layer(i).update(k, v)`, which writes at [length, length + T) and returns the keys and
+values of all tokens so far; after the last layer the model calls `cache.advance(T)`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerKV:
+    """One layer's view of the cache."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache, self.index = cache, index
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, d) after the cached tokens; return all keys and values (B, H, length + T, d)."""
+        c = self.cache
+        start, T = c.length, k.shape[2]
+        if start + T > c.max_len:
+            raise RuntimeError(f"KV cache full: {start} cached + {T} new tokens > max_len {c.max_len}; "
+                               "reset() it or allocate a longer cache")
+        c.k[self.index, :, :, start:start + T] = k
+        c.v[self.index, :, :, start:start + T] = v
+        return c.k[self.index, :, :, :start + T], c.v[self.index, :, :, :start + T]
+
+
+class KVCache:
+    """Keys and values of every layer for a batch, plus how many positions are filled."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len, self.batch_size = max_len, batch_size
+        self.length = 0  # positions already filled (the same for every row)
+        self._layers = [LayerKV(self, i) for i in range(n_layer)]
+
+    def layer(self, i: int) -> LayerKV:
+        return self._layers[i]
+
+    def advance(self, t: int) -> None:
+        """Call once per forward step, after every layer has stored its t new positions."""
+        self.length += t
+
+    def reset(self) -> None:
+        """Forget everything (a new prompt must never see the previous one's keys)."""
+        self.length = 0
+
+    def attn_mask(self, q_len: int, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean (B, 1, q_len, length + q_len) mask for the next step; True = may attend.
+
+        New query j sits at slot length + j and may see every slot <= its own (causal).
+        key_padding (B, length + q_len) marks real tokens with 1, so left padding is never attended.
+        """
+        total = self.length + q_len
+        device = self.k.device
+        q_slot = torch.arange(self.length, total, device=device)[:, None]
+        mask = (torch.arange(total, device=device)[None, :] <= q_slot)[None, None]  # (1, 1, q, total)
+        if key_padding is not None:
+            keep = key_padding[:, None, None, :total].bool()
+            # a padded query would see nothing at all (NaN softmax): let it see its own slot
+            mask = (mask & keep) | (torch.arange(total, device=device)[None, :] == q_slot)[None, None]
+        return mask.expand(self.batch_size, 1, q_len, total)

@@ -1,0 +1,133 @@
+"""The building blocks shared by every model in the course (text GPT, ACT reasoner, motion GPT).
+
+A LLaMA-style pre-norm block: RMSNorm → attention with rotary position embeddings → residual,
+RMSNorm → SwiGLU feed-forward → residual. The same `Block` runs causal (text, motion) or
+bidirectional (ACT puzzles); the only difference is the attention mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Scale by the root mean square (no mean subtraction, no bias): cheaper than LayerNorm, as in LLaMA."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 even when x is fp16/bf16: the mean of squares overflows easily.
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+# ---------------------------------------------------------------------------------- RoPE
+def rope_angles(position_ids: torch.Tensor, head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for rotary embeddings at the given positions, shape (B, 1, T, head_dim).
+
+    position_ids is (B, T) or (T,). Angles are computed in fp32: in fp16 large positions lose
+    precision and the rotation drifts. Layout is "rotate-half": dimension i pairs with i + d/2.
+    """
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None, :]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, head_dim/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, head_dim)
+    return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (i, i + d/2) pair of x (B, H, T, d) by its position's angle."""
+    return (x.float() * cos + rotate_half(x.float()) * sin).type_as(x)
+
+
+# ----------------------------------------------------------------------------- attention
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`.
+
+    `kv_cache`, when given, is an object with `update(k, v) -> (k_all, v_all)`: it stores this
+    step's keys/values and returns everything seen so far, so decoding one token does not
+    recompute the keys and values of the whole prefix.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        self.n_head, self.head_dim, self.causal, self.dropout = n_head, n_embd // n_head, causal, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, H, T_total, d)
+        # With an explicit mask (padding, or a cache offset) the mask carries causality itself.
+        is_causal = self.causal and attn_mask is None and kv_cache is None
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (LLaMA): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+def swiglu_hidden(n_embd: int, multiple_of: int = 32) -> int:
+    """LLaMA's sizing: 2/3 of 4·n_embd (same parameter count as a plain 4× MLP), rounded up."""
+    hidden = int(2 * 4 * n_embd / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block; dropout on both residual branches is active only in train()."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True, ffn_hidden: int | None = None):
+        super().__init__()
+        self.attn_norm = RMSNorm(n_embd)
+        self.attn = Attention(n_embd, n_head, dropout, causal)
+        self.ffn_norm = RMSNorm(n_embd)
+        self.ffn = SwiGLU(n_embd, ffn_hidden or swiglu_hidden(n_embd))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, attn_mask, kv_cache))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+def padding_mask(attention_mask: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """Boolean (B, 1, T, T) mask from a (B, T) 0/1 padding mask; True means "may attend".
+
+    Padded query rows would attend to nothing (softmax of all -inf is NaN), so each token may
+    always attend to itself; those rows are garbage anyway and are never read.
+    """
+    keep = attention_mask.bool()
+    T = keep.shape[-1]
+    mask = keep[:, None, None, :].expand(-1, 1, T, T)
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
+    return mask | torch.eye(T, dtype=torch.bool, device=keep.device)

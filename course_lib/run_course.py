@@ -1,0 +1,139 @@
+"""Run every notebook headless with papermill: `python -m course_lib.run_course [--params FILE]`.
+
+For instructors. Executed copies go to a new numbered folder under --out (build/ by default),
+so a run never overwrites an earlier one. A YAML file may give parameters per notebook:
+
+    02_autoregressive_sampling:
+      temperature: 1.3
+      device: cpu
+    04:            # a notebook's number works too
+      seed: 3
+
+Unknown notebook names or parameters that a notebook does not declare are rejected before
+anything runs (exit code 2), so a typo cannot silently run with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .paths import NOTEBOOKS, REPO_ROOT, display_path
+
+
+def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def declared_parameters(nb_path: Path) -> dict[str, object]:
+    """Names and default values assigned in the cell tagged `parameters`."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            out = {}
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    try:
+                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        out[node.targets[0].id] = None
+            return out
+    raise ValueError(f"{display_path(nb_path)} has no cell tagged 'parameters'")
+
+
+def resolve_params(spec: dict, books: list[Path]) -> dict[Path, dict]:
+    """Map a YAML spec onto notebook paths; raise ValueError on unknown notebooks or parameters."""
+    by_key = {}
+    for p in books:
+        by_key[p.stem] = p
+        by_key[p.stem.split("_")[0]] = p
+    resolved: dict[Path, dict] = {}
+    for key, params in (spec or {}).items():
+        key = f"{key:02d}" if isinstance(key, int) else str(key)
+        if key not in by_key:
+            raise ValueError(f"unknown notebook {key!r} in the parameters file; known: {', '.join(p.stem for p in books)}")
+        if not isinstance(params, dict):
+            raise ValueError(f"parameters for {key!r} must be a mapping name: value, got {params!r}")
+        nb = by_key[key]
+        allowed = declared_parameters(nb)
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ValueError(f"{nb.stem} has no parameter(s) {unknown}; it declares: {', '.join(allowed)}")
+        resolved[nb] = dict(params)
+    return resolved
+
+
+def new_run_dir(out: Path) -> Path:
+    """out/run-NNN with the next free number, created atomically (two runs never share one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = max((int(p.name[4:]) for p in out.glob("run-[0-9][0-9][0-9]") if p.name[4:].isdigit()), default=0) + 1
+    while True:
+        try:
+            path = out / f"run-{n:03d}"
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "build", help="folder for executed copies (default: build/)")
+    ap.add_argument("--params", type=Path, help="YAML file of parameters per notebook")
+    ap.add_argument("--only", nargs="*", default=None, help="notebook numbers or names to run (default: all)")
+    args = ap.parse_args(argv)
+    books = notebooks()
+    if not books:
+        ap.error(f"no notebooks found in {display_path(NOTEBOOKS)}")
+    spec = {}
+    if args.params is not None:
+        import yaml
+        if not args.params.is_file():
+            ap.error(f"parameters file not found: {args.params}")
+        try:
+            spec = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            ap.error(f"{args.params} is not valid YAML: {exc}")
+        if not isinstance(spec, dict):
+            ap.error(f"{args.params} must map notebook names to parameter mappings")
+    try:
+        params = resolve_params(spec, books)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.only:
+        wanted = {str(k) for k in args.only}
+        books = [b for b in books if b.stem in wanted or b.stem.split("_")[0] in wanted]
+        if not books:
+            ap.error(f"--only {args.only} matched no notebook")
+
+    import papermill as pm
+
+    run_dir = new_run_dir(args.out)
+    print(f"executing {len(books)} notebooks into {display_path(run_dir)}")
+    failed = []
+    for nb in books:
+        start = time.time()
+        target = run_dir / nb.name
+        tmp = run_dir / f".{nb.name}.partial"
+        try:
+            pm.execute_notebook(str(nb), str(tmp), parameters=params.get(nb, {}), cwd=str(NOTEBOOKS),
+                                kernel_name="python3", progress_bar=False)
+            os.replace(tmp, target)
+            print(f"  ok    {nb.name}  {time.time() - start:5.1f} s  {params.get(nb, {}) or ''}")
+        except Exception as exc:  # keep going: one broken notebook should not hide the others
+            failed.append(nb.name)
+            if tmp.exists():
+                os.replace(tmp, run_dir / f"{nb.stem}.FAILED.ipynb")
+            print(f"  FAIL  {nb.name}  {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
+    print(f"{len(books) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Recipes that produced every shipped checkpoint: `python -m course_lib.train.<name>`."""

@@ -1,0 +1,35 @@
+"""Re-run every training recipe in order: `python -m course_lib.train.all` (what `make checkpoints` does).
+
+Each recipe overwrites its checkpoint in checkpoints/ and its MANIFEST.json entry. Commit the
+result only when a recipe changed: every retrain adds the checkpoint's size to git history.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+
+# Order matters where one model needs another (the motion transformer needs the VQ-VAE).
+RECIPES = ["text", "act", "motion_vqvae", "motion_trans", "motion_classifier"]
+
+
+def main() -> int:
+    for name in RECIPES:
+        module = f"course_lib.train.{name}"
+        if importlib.util.find_spec(module) is None:
+            print(f"== skipping {module}: not part of this version of the course")
+            continue
+        print(f"== {module}", flush=True)
+        start = time.time()
+        result = subprocess.run([sys.executable, "-m", module])
+        if result.returncode != 0:
+            print(f"{module} failed with exit code {result.returncode}")
+            return result.returncode
+        print(f"== {module} done in {time.time() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

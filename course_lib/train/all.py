@@ -12,7 +12,7 @@ import sys
 import time
 
 # Order matters where one model needs another (the motion transformer needs the VQ-VAE).
-RECIPES = ["text", "act", "motion_vqvae", "motion_trans", "motion_classifier"]
+RECIPES = ["text", "act", "motion_vqvae", "motion_classifier", "motion_trans"]
 
 
 def main() -> int:

@@ -1,0 +1,183 @@
+"""Recipe for the text encoder and the motion GPT: `python -m course_lib.train.motion_trans`.
+
+Needs checkpoints/motion/vqvae.pth (codes) and action_classifier.pt (the judge).
+1. Text encoder: learns caption → (action, speed, repetitions, side/direction) from the training
+   captions; then frozen (eval, requires_grad False) — the CLIP/T5 stand-in.
+2. Motion GPT: every training clip is encoded to codes by the frozen VQ-VAE; the GPT learns
+   text features → codes + END with teacher forcing (10% of input codes replaced at random,
+   T2M-GPT's `pkeep`, so sampling errors do not snowball).
+3. Text-to-motion accuracy: motions sampled from held-out captions are decoded and labelled
+   by the action classifier; reported overall and per action, at temperature 1.0 and 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import atomic_save, update_manifest
+from ..device import pick_device, seed_everything
+from ..motion.classifier import load_classifier
+from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
+from ..motion.gpt import Config, MotionGPT, save_trans
+from ..motion.pipeline import CLS_PATH, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
+from ..motion.synth import ACTIONS
+from ..motion.text_encoder import TextEncoder, WordTokenizer
+from ..motion.vqvae import load_vqvae
+from ..paths import display_path
+from .motion_classifier import per_action_accuracy
+
+TEXT_CONFIG = {"clip_dim": 64, "n_layer": 2, "n_head": 4, "dropout": 0.0}
+
+
+def attributes(meta: dict) -> tuple[int, int, int, str]:
+    """Targets for the text encoder: action, speed (-1 = not said), reps (-1 = not said), extra key."""
+    a = meta["action"]
+    speed = -1 if a == "idle" else ["slow", "normal", "fast"].index(meta["speed"])
+    reps = meta["reps"] - 1 if a in ("jump", "squat", "kick") else -1
+    extra = "|".join(f"{k}={meta[k]}" for k in ("direction", "forward", "angle", "leg") if k in meta) or "none"
+    return ACTIONS.index(a), speed, reps, extra
+
+
+def train_text_encoder(captions: list[str], metas: list[dict], iters: int, gen: torch.Generator, device) -> tuple:
+    tok = WordTokenizer.build(captions)
+    extras = sorted({attributes(m)[3] for m in metas})
+    model = TextEncoder({**TEXT_CONFIG, "vocab_size": len(tok.vocab)}).to(device)
+    d = TEXT_CONFIG["clip_dim"]
+    heads = torch.nn.ModuleList([torch.nn.Linear(d, len(ACTIONS)), torch.nn.Linear(d, 3), torch.nn.Linear(d, 3),
+                                 torch.nn.Linear(d, len(extras))]).to(device)
+    targets = torch.tensor([[*attributes(m)[:3], extras.index(attributes(m)[3])] for m in metas])
+    opt = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=2e-3)
+    model.train()
+    for i in range(iters):
+        idx = torch.randint(len(captions), (64,), generator=gen)
+        ids, mask = tok.batch([captions[j] for j in idx.tolist()], device)
+        feat = model(ids, mask)
+        y = targets[idx].to(device)
+        loss = sum(F.cross_entropy(h(feat), y[:, k], ignore_index=-1) for k, h in enumerate(heads))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i % 100 == 0 or i == iters - 1:
+            print(f"text iter {i:4d}  loss {loss.item():.4f}", flush=True)
+    return tok, model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="course-small")
+    ap.add_argument("--iters", type=int, default=2500)
+    ap.add_argument("--text-iters", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--pkeep", type=float, default=0.9)
+    ap.add_argument("--n-train", type=int, default=6000)
+    ap.add_argument("--n-heldout", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--vqvae", type=Path, default=VQ_PATH)
+    ap.add_argument("--classifier", type=Path, default=CLS_PATH)
+    ap.add_argument("--out", type=Path, default=TRANS_PATH)
+    ap.add_argument("--text-out", type=Path, default=TEXT_PATH)
+    ap.add_argument("--no-manifest", action="store_true")
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    gen = seed_everything(args.seed)
+    t_start = time.time()
+    net, norm = load_vqvae(args.vqvae, device)
+    clips, feats = clip_features(args.n_train, TRAIN_SEED)
+    captions, metas = [c["caption"] for c in clips], [c["meta"] for c in clips]
+
+    # 1. text encoder, then frozen
+    t0 = time.time()
+    tok, text_model = train_text_encoder(captions, metas, args.text_iters, gen, device)
+    for p in text_model.parameters():
+        p.requires_grad = False
+    text_seconds = time.time() - t0
+    atomic_save({"vocab": tok.vocab, "config": dict(text_model.config),
+                 "state_dict": {k: v.cpu() for k, v in text_model.state_dict().items()}}, args.text_out, overwrite=True)
+
+    # 2. motion GPT on frozen features
+    with torch.no_grad():
+        clip_feat = torch.cat([text_model(*tok.batch(captions[i:i + 256], device)) for i in range(0, len(captions), 256)])
+    cfg = Config.from_name(args.preset, vocab_size=net.nb_code + 2, clip_dim=TEXT_CONFIG["clip_dim"])
+    L = cfg.block_size - 1
+    seqs = torch.full((len(feats), L + 1), cfg.pad_id, dtype=torch.long)  # codes + END, padded
+    for i, f in enumerate(feats):
+        T = f.shape[0] - f.shape[0] % net.frames_per_code
+        codes = net.encode(norm.norm(torch.from_numpy(f[:T]))[None].to(device))[0].cpu()[:L]
+        seqs[i, : len(codes)] = codes
+        seqs[i, len(codes)] = cfg.end_id
+    model = MotionGPT(cfg).to(device)
+    print(f"GPT {args.preset}: {sum(p.numel() for p in model.parameters()):,} parameters; {len(seqs)} sequences", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warmup = max(1, args.iters // 20)
+    t0 = time.time()
+    model.train()
+    for i in range(args.iters):
+        lr = args.lr * min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / args.iters)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(seqs), (args.batch,), generator=gen)
+        target = seqs[idx]
+        inp = target[:, :-1].clone()
+        corrupt = (torch.rand(inp.shape, generator=gen) > args.pkeep) & (inp < cfg.nb_code)
+        inp[corrupt] = torch.randint(cfg.nb_code, (int(corrupt.sum()),), generator=gen)
+        loss = model.loss(inp.to(device), clip_feat[idx].to(device), target.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i % 100 == 0 or i == args.iters - 1:
+            print(f"gpt iter {i:5d}  loss {loss.item():.4f}  {time.time() - t0:5.0f}s", flush=True)
+    gpt_seconds = time.time() - t0
+    atomic_save(save_trans(model, {"text_encoder": args.text_out.name}), args.out, overwrite=True)
+
+    # 3. text-to-motion accuracy on held-out captions, through the shipped files
+    pipe = load_pipeline(args.vqvae, args.out, args.text_out, device)
+    judge = load_classifier(args.classifier, device)
+    held_clips, _ = clip_features(args.n_heldout, HELDOUT_SEED)
+    prompts, true = [c["caption"] for c in held_clips], [c["action"] for c in held_clips]
+    seen = len(set(prompts) & set(captions))
+    results = {}
+    for temp in (1.0, 0.7):
+        g = torch.Generator().manual_seed(0)
+        motions = [m for i in range(0, len(prompts), 50) for m in pipe.generate(prompts[i:i + 50], temperature=temp, generator=g)]
+        pred = judge.predict([norm.norm(torch.from_numpy(m.features)) for m in motions])
+        acc = sum(p == t for p, t in zip(pred, true, strict=True)) / len(true)
+        per = per_action_accuracy(pred, true)
+        lengths = [len(m.codes) for m in motions]
+        results[f"T={temp}"] = {"accuracy": round(acc, 4), "per_action": per, "min_per_action": min(per.values()),
+                                "mean_codes": round(sum(lengths) / len(lengths), 2)}
+        print(f"text-to-motion @T={temp}: accuracy {acc:.3f}  per action {per}", flush=True)
+    total_seconds = time.time() - t_start
+    if not args.no_manifest:
+        common = {"seed": args.seed, "data_seeds": {"train": TRAIN_SEED, "heldout": HELDOUT_SEED}}
+        update_manifest(args.text_out, {**common,
+                        "recipe": "python -m course_lib.train.motion_trans" + (" " + " ".join(argv) if argv else ""),
+                        "format": "{'vocab', 'config', 'state_dict'}; frozen at inference; width = clip_dim",
+                        "config": dict(text_model.config), "metrics": {"train_iters": args.text_iters, "train_seconds": round(text_seconds)}})
+        entry = update_manifest(args.out, {**common,
+            "recipe": "python -m course_lib.train.motion_trans" + (" " + " ".join(argv) if argv else ""),
+            "format": "{'trans': state_dict ('module.' prefixes), 'config', 'text_encoder'}",
+            "config": {**cfg.__dict__}, "preset": args.preset,
+            "metrics": {"text_to_motion": results, "heldout_prompts": len(prompts), "heldout_prompts_seen_in_training": seen,
+                        "final_train_loss": round(loss.item(), 4), "train_iters": args.iters, "train_seconds": round(gpt_seconds),
+                        "recipe_seconds_total": round(total_seconds), "device": device.type}})
+        print(f"recorded {entry['path']} in MANIFEST.json ({entry['size_bytes'] / 1e6:.1f} MB)")
+    print(f"saved {display_path(args.out)} and {display_path(args.text_out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

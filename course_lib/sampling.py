@@ -99,6 +99,33 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator)
 
 
+# ------------------------------------------------------------------------- safe decoding
+
+
+def token_bytes_safe(enc, token_id: int) -> bytes:
+    """Bytes of one token; b"" for the few ids cl100k_base leaves unassigned (100256, 100261-100275).
+
+    The model's head has a row for every id up to vocab_size, so sampling can pick one of them
+    (an untrained row, rarely): decoding must not crash on it."""
+    try:
+        return enc.decode_single_token_bytes(int(token_id))
+    except KeyError:
+        return b""
+
+
+def decode_ids(enc, ids: Iterable[int]) -> str:
+    """Like enc.decode (invalid UTF-8 becomes U+FFFD) but skipping unassigned ids instead of raising."""
+    return b"".join(token_bytes_safe(enc, i) for i in ids).decode("utf-8", errors="replace")
+
+
+def token_label(enc, token_id: int) -> str:
+    """show_token, or <unused id N> for an unassigned id."""
+    try:
+        return show_token(enc, int(token_id))
+    except KeyError:
+        return f"<unused id {int(token_id)}>"
+
+
 # ------------------------------------------------------------------------------ prompts
 
 
@@ -136,7 +163,7 @@ StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                  use_cache: bool = True, attention_mask: torch.Tensor | None = None,
-                 on_step: StepHook | None = None) -> torch.Tensor:
+                 on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) and return (B, T + max_new_tokens).
 
     use_cache=False is the plain loop: re-run the last block_size tokens for every new token.
@@ -147,7 +174,8 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
 
     attention_mask (B, T) marks real tokens with 1 (0 = left padding). on_step(step, logits,
     adjusted, next_ids) sees the raw last-position logits, the logits after the repetition
-    penalty, and the chosen ids (B, 1): the trace and the streamer hook in here.
+    penalty, and the chosen ids (B, 1): the trace and the streamer hook in here. stop_when(next_ids)
+    returning True ends the loop early (then fewer than max_new_tokens tokens are appended).
     """
     check_sampling_args(temperature, top_k, top_p, max_new_tokens, repetition_penalty)
     if idx.dim() != 2 or idx.shape[1] == 0:
@@ -177,6 +205,8 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         idx = torch.cat([idx, nxt], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        if stop_when is not None and stop_when(nxt):
+            break
     return idx
 
 
@@ -214,7 +244,7 @@ class Trace:
 
 def _visible_text(enc, ids: list[int]) -> str:
     """Decode ids; trailing bytes that are not yet a whole character are shown as <xx ..>."""
-    raw = b"".join(enc.decode_single_token_bytes(i) for i in ids)
+    raw = b"".join(token_bytes_safe(enc, i) for i in ids)
     for cut in range(len(raw), max(len(raw) - 4, -1), -1):  # an unfinished character is at most 3 bytes
         try:
             text = raw[:cut].decode("utf-8")
@@ -241,10 +271,10 @@ def generate_with_trace(model, enc, prompt: str, max_new_tokens: int, temperatur
         before = logits[0].float().softmax(-1)
         after = filter_logits(adjusted[0:1], temperature, top_k, top_p)[0].softmax(-1)
         top = torch.topk(before, min(n_candidates, before.numel()))
-        cands = [Candidate(int(i), show_token(enc, int(i)), float(p), float(after[i])) for p, i in zip(top.values, top.indices, strict=True)]
+        cands = [Candidate(int(i), token_label(enc, int(i)), float(p), float(after[i])) for p, i in zip(top.values, top.indices, strict=True)]
         chosen = int(nxt[0, 0])
         generated.append(chosen)
-        trace.steps.append(TraceStep(step + 1, cands, chosen, show_token(enc, chosen), float(after[chosen]),
+        trace.steps.append(TraceStep(step + 1, cands, chosen, token_label(enc, chosen), float(after[chosen]),
                                      _visible_text(enc, generated)))
 
     x = torch.tensor([ids], dtype=torch.long, device=model.device)
@@ -299,7 +329,7 @@ class TextStreamer:
         """Feed one or more token ids; emit (and return) the text that is now complete."""
         ids = [token_ids] if isinstance(token_ids, int) else [int(t) for t in token_ids]
         self.token_ids.extend(ids)
-        text = self._decoder.decode(b"".join(self.enc.decode_single_token_bytes(t) for t in ids))
+        text = self._decoder.decode(b"".join(token_bytes_safe(self.enc, t) for t in ids))
         return self._emit(text)
 
     def end(self) -> str:
@@ -391,10 +421,17 @@ def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temp
             chunk = list(prompts[start:start + batch_size])
             ids, mask = pad_batch(enc, chunk, model.block_size, side="left")
             ids, mask = ids.to(model.device), mask.to(model.device)
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+
+            def all_stopped(nxt: torch.Tensor, done: torch.Tensor = done) -> bool:  # every row has produced the stop string: stop early
+                done.logical_or_(torch.tensor([stop.encode() in token_bytes_safe(enc, t) for t in nxt[:, 0].tolist()]))
+                return bool(done.all())
+
             full = generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
-                                generator=generator, use_cache=use_cache, attention_mask=mask)
+                                generator=generator, use_cache=use_cache, attention_mask=mask,
+                                stop_when=all_stopped if stop else None)
             for row in full[:, ids.shape[1]:].tolist():
-                text = enc.decode(row)
+                text = decode_ids(enc, row)
                 out.append(text.split(stop)[0] if stop else text)
             bar.update(len(chunk))
     return out

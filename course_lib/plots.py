@@ -1,0 +1,129 @@
+"""The figures the notebooks draw, grouped by chapter. Each function takes data, returns a Figure.
+
+Plotting lives here (not in the notebooks) so the widgets and the static figures drawn for
+the executed notebooks are the very same picture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib import font_manager
+
+from .sampling import token_label
+
+# ===================================================================== chapter 02: sampling
+
+_CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
+              "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS"]
+
+
+@cache
+def _cjk_font() -> str | None:
+    """A font that can draw Chinese, if the machine has one (matplotlib's default cannot)."""
+    for name in _CJK_FONTS:
+        try:
+            font_manager.findfont(name, fallback_to_default=False)
+            return name
+        except ValueError:
+            continue
+    return None
+
+
+def text_for_plot(text: str) -> str:
+    """Chinese as is when a CJK font is installed, else as code points (U+519C): no missing-glyph boxes or warnings."""
+    font = _cjk_font()
+    if font is not None:
+        if font not in plt.rcParams["font.sans-serif"]:
+            plt.rcParams["font.sans-serif"] = [*plt.rcParams["font.sans-serif"], font]
+        return text
+    return "".join(c if c.isascii() else f"U+{ord(c):04X}" for c in text)
+
+
+def _label(enc, token_id: int) -> str:
+    text = token_label(enc, token_id)
+    return text_for_plot(repr(text)[1:-1] if not text.startswith("<") else text)
+
+
+def plot_next_token_distribution(enc, logits: torch.Tensor, filtered: torch.Tensor, n: int = 12, title: str = "",
+                                 ax=None):
+    """Bars for the n most likely next tokens: model probability vs probability after filtering."""
+    before, after = logits.float().softmax(-1), filtered.float().softmax(-1)
+    top = torch.topk(before, n).indices.tolist()
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+    xs = range(len(top))
+    ax.bar([x - 0.2 for x in xs], [float(before[i]) for i in top], width=0.4, label="model (T=1, no filter)", color="#9ecae1")
+    ax.bar([x + 0.2 for x in xs], [float(after[i]) for i in top], width=0.4, label="after filtering", color="#3182bd")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([_label(enc, i) for i in top], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig or ax.figure
+
+
+def plot_temperature_sweep(enc, logits: torch.Tensor, temperatures: Sequence[float], n: int = 8):
+    """Small multiples: the same next-token distribution at several temperatures."""
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(2.6 * len(temperatures), 2.8), sharey=True)
+    top = torch.topk(logits, n).indices
+    for ax, t in zip(axes, temperatures, strict=True):
+        probs = (logits.argmax().eq(torch.arange(logits.numel())).float() if t == 0 else (logits / t).softmax(-1))[top]
+        ax.bar(range(n), probs.tolist(), color="#3182bd")
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([_label(enc, int(i)) for i in top], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"T = {t}", fontsize=9)
+    axes[0].set_ylabel("probability")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(rows: Sequence[dict], x_key: str, xlabel: str, title: str = "", ax=None):
+    """Well-formed rate (quality) and distinct rate (diversity) against a sampling knob."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [str(r[x_key]) for r in rows]
+    ax.plot(xs, [r["well_formed"] for r in rows], "o-", label="well-formed rate (quality)", color="#31a354")
+    ax.plot(xs, [r["distinct"] for r in rows], "s--", label="distinct rate (diversity)", color="#e6550d")
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig or ax.figure
+
+
+# ============================================================ chapter 03: KV cache and batching
+
+
+def plot_speed_vs_length(lengths: Sequence[int], ms_no_cache: Sequence[float], ms_cache: Sequence[float]):
+    """Milliseconds per new token against the context length, with and without the cache."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(lengths, ms_no_cache, "o-", label="no cache (re-run the whole context)", color="#de2d26")
+    ax.plot(lengths, ms_cache, "s-", label="KV cache (one token per step)", color="#3182bd")
+    ax.set_xlabel("tokens already in the context")
+    ax.set_ylabel("ms per new token")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_masks(masks: Sequence[torch.Tensor], titles: Sequence[str]):
+    """Each mask is (T, T) bool (True = may attend), drawn query rows × key columns."""
+    fig, axes = plt.subplots(1, len(masks), figsize=(3 * len(masks), 3))
+    axes = [axes] if len(masks) == 1 else axes
+    for ax, m, t in zip(axes, masks, titles, strict=True):
+        ax.imshow(m.float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(text_for_plot(t), fontsize=9)
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    fig.tight_layout()
+    return fig

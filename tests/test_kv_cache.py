@@ -1,0 +1,106 @@
+"""KV cache: cached greedy decoding is token-exact with the plain loop, also past the context limit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.gpt import GPT
+from course_lib.kv_cache import KVCache
+from course_lib.paths import TEXT_MODEL
+from course_lib.tokenizer import get_encoding
+
+
+def tiny(block_size: int = 24, vocab: int = 300, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(dict(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, block_size=block_size, dropout=0.0)).eval()
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3, 11, 24])
+@pytest.mark.parametrize("new", [1, 5, 13, 40])  # 40 new tokens run far past block_size=24
+def test_cached_greedy_equals_uncached(prompt_len, new):
+    model = tiny()
+    for seed in range(3):
+        x = torch.randint(0, 300, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
+        slow = model.generate(x, new, temperature=0, use_cache=False)
+        fast = model.generate(x, new, temperature=0, use_cache=True)
+        assert torch.equal(slow, fast), (prompt_len, new, seed)
+
+
+def test_cached_sampling_equals_uncached_with_same_seed():
+    model = tiny()
+    x = torch.randint(0, 300, (3, 4), generator=torch.Generator().manual_seed(5))
+    kw = dict(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2)
+    slow = model.generate(x, 30, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    fast = model.generate(x, 30, generator=torch.Generator().manual_seed(1), use_cache=True, **kw)
+    assert torch.equal(slow, fast)
+
+
+def test_infer_matches_forward_and_step_by_step():
+    model = tiny()
+    x = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        logits, cache = model.infer(x[:, :6], position_ids=torch.arange(6))
+        assert cache.length == 6 and torch.allclose(logits, full[:, :6], atol=1e-5)
+        for t in range(6, 10):  # one token at a time, positions given explicitly
+            step, cache = model.infer(x[:, t:t + 1], position_ids=torch.tensor([[t], [t]]), cache=cache)
+            assert torch.allclose(step[:, 0], full[:, t], atol=1e-5)
+    assert cache.length == 10
+
+
+def test_infer_without_position_ids_names_them():
+    model = tiny()
+    with pytest.raises(TypeError, match="position_ids"):
+        model.infer(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_cache_reset_between_calls():
+    model = tiny()
+    a = torch.randint(0, 300, (1, 7), generator=torch.Generator().manual_seed(1))
+    b = torch.randint(0, 300, (1, 4), generator=torch.Generator().manual_seed(2))
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        la, cache = model.prefill(a, cache=cache)
+        model.decode_step(la.argmax(-1, keepdim=True), cache)
+        assert cache.length == 8
+        lb, cache2 = model.prefill(b, cache=cache)  # the same cache object, reused
+        assert cache2 is cache and cache.length == 4
+        assert torch.allclose(lb, model(b)[:, -1], atol=1e-5)  # nothing of prompt a leaks in
+    # and generate() twice in a row gives the same answer (no position counter carried over)
+    assert torch.equal(model.generate(b, 6, temperature=0), model.generate(b, 6, temperature=0))
+
+
+def test_kv_cache_object():
+    cache = KVCache(n_layer=2, batch_size=1, n_head=2, head_dim=4, max_len=5)
+    k = torch.ones(1, 2, 3, 4)
+    k_all, v_all = cache.layer(0).update(k, 2 * k)
+    assert k_all.shape == (1, 2, 3, 4) and torch.equal(v_all, 2 * k)
+    cache.layer(1).update(k, k)
+    cache.advance(3)
+    m = cache.attn_mask(2)
+    assert m.shape == (1, 1, 2, 5) and m[0, 0].tolist() == [[True] * 4 + [False], [True] * 5]
+    k_all, _ = cache.layer(0).update(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    assert k_all.shape == (1, 2, 5, 4) and k_all[0, 0, :, 0].tolist() == [1, 1, 1, 0, 0]
+    with pytest.raises(RuntimeError, match="KV cache full"):
+        cache.advance(2)
+        cache.layer(0).update(k, k)
+    cache.reset()
+    assert cache.length == 0
+
+
+@pytest.mark.skipif(not TEXT_MODEL.exists(), reason="shipped text model not present")
+def test_shipped_model_cached_equals_uncached_across_context_limit():
+    from course_lib.gpt import load_gpt
+    model = load_gpt()
+    enc = get_encoding()
+    assert model.block_size == 512
+    lines = "农夫山泉 天然水 550ml 瓶装\nAlpine Spring Natural Mineral Water 1.5L Bottle\n"
+    ids = (enc.encode(lines) * 40)[:505]  # 505 prompt tokens + 12 new: crosses 512
+    x = torch.tensor([ids])
+    slow = model.generate(x, 12, temperature=0, use_cache=False)
+    fast = model.generate(x, 12, temperature=0, use_cache=True)
+    assert torch.equal(slow, fast)
+    for prompt in ["农夫山泉", "Sunbeam Instant Ramen", "三只松鼠"]:
+        x = torch.tensor([enc.encode(prompt)])
+        assert torch.equal(model.generate(x, 30, temperature=0, use_cache=False), model.generate(x, 30, temperature=0))

@@ -1,0 +1,145 @@
+"""Write deterministic train/test splits of augmented 4×4 Sudoku: `python -m course_lib.act.build_dataset`.
+
+    python -m course_lib.act.build_dataset --out runs/act_data --seed 0 --num-train 4000 --num-test 400
+
+Layout (like the reference's puzzle datasets, one set called "all"):
+
+    DIR/identifiers.json                  list of variant names; index 0 is "<blank>"
+    DIR/{train,test}/dataset.json         sizes, vocabulary, seed
+    DIR/{train,test}/all__inputs.npy      (N, 25) tokens of the puzzle
+    DIR/{train,test}/all__labels.npy      (N, 25) tokens of the solution
+    DIR/{train,test}/all__puzzle_identifiers.npy   (N,) index into identifiers.json
+    DIR/{train,test}/all__blanks.npy      (N,) number of blanks (the difficulty)
+
+The same seed always gives the same files. Test puzzles never appear in train, not even as an
+augmented copy (puzzles are compared in a canonical form over all 8 × 24 variants).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import display_path
+from . import puzzles as P
+
+PERMS = list(itertools.permutations(range(1, P.SIDE + 1)))
+
+
+def canonical_keys(grids: np.ndarray) -> np.ndarray:
+    """One int64 per puzzle, equal for two puzzles iff one is an augmented copy of the other."""
+    idx = np.arange(P.SIDE * P.SIDE).reshape(P.SIDE, P.SIDE)
+    dihedral_idx = np.stack([P.dihedral(idx, t).ravel() for t in range(8)])          # (8, 16)
+    tables = np.array([(0, *p) for p in PERMS])                                         # (24, 5)
+    flat = grids.reshape(len(grids), -1)
+    moved = flat[:, dihedral_idx]                                                        # (N, 8, 16)
+    variants = tables[np.arange(24)[:, None, None, None], moved[None]]  # (24, N, 8, 16)
+    powers = P.NUM_SYMBOLS ** np.arange(P.SIDE * P.SIDE - 1, -1, -1, dtype=np.int64)
+    return (variants.astype(np.int64) @ powers).min(axis=(0, 2))
+
+
+def generate_bases(rng: np.random.Generator, n: int, exclude: set[int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """n puzzles (puzzle, solution, canonical key), blanks uniform in MIN..MAX, no duplicates, none in `exclude`."""
+    out, seen = [], set(exclude)
+    while len(out) < n:
+        blanks = int(rng.integers(P.MIN_BLANKS, P.MAX_BLANKS + 1))
+        made = P.make_puzzle(rng, blanks)
+        if made is None:
+            continue
+        key = int(canonical_keys(made[0][None])[0])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((made[0], made[1], key))
+    return out
+
+
+def write_split(folder: Path, split: str, bases, num_aug: int, rng: np.random.Generator,
+                names: list[str], seed: int) -> None:
+    inputs, labels, ids, blanks = [], [], [], []
+    for i, (puzzle, sol, _) in enumerate(bases):
+        base = f"{split}{i:05d}"
+        variants = [(0, PERMS[0])]
+        while len(variants) < 1 + num_aug:  # distinct random non-identity variants
+            v = (int(rng.integers(8)), PERMS[int(rng.integers(len(PERMS)))])
+            if v not in variants:
+                variants.append(v)
+        for tid, perm in variants:
+            inputs.append(P.encode(P.augment(puzzle, tid, perm)))
+            labels.append(P.encode(P.augment(sol, tid, perm)))
+            names.append(P.variant_name(base, tid, perm))
+            ids.append(len(names) - 1)
+            blanks.append(int((puzzle == 0).sum()))
+    d = folder / split
+    d.mkdir(parents=True)
+    empty = np.zeros((0, P.SEQ_LEN), dtype=np.int32)
+    np.save(d / "all__inputs.npy", np.stack(inputs).astype(np.int32) if inputs else empty)
+    np.save(d / "all__labels.npy", np.stack(labels).astype(np.int32) if labels else empty)
+    np.save(d / "all__puzzle_identifiers.npy", np.array(ids, dtype=np.int32))
+    np.save(d / "all__blanks.npy", np.array(blanks, dtype=np.int32))
+    meta = {"seq_len": P.SEQ_LEN, "vocab_size": P.VOCAB_SIZE, "pad_id": P.PAD, "eos_id": P.EOS,
+            "symbol0_id": P.SYMBOL0, "side": P.SIDE, "sets": ["all"], "num_puzzles": len(bases),
+            "num_examples": len(inputs), "num_aug": num_aug, "seed": seed,
+            "blanks_range": [P.MIN_BLANKS, P.MAX_BLANKS]}
+    (d / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 3, test_aug: int = 3) -> Path:
+    """Build both splits into a temporary folder, then rename it to `out` (never half-written)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{display_path(out)} already exists and is not empty; pick a new --out folder")
+    rng = np.random.default_rng(seed)
+    # Test first, so the test set of a given seed does not depend on --num-train.
+    test = generate_bases(rng, num_test, set())
+    train = generate_bases(rng, num_train, {k for _, _, k in test})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        names = ["<blank>"]
+        write_split(tmp, "train", train, train_aug, np.random.default_rng([seed, 1]), names, seed)
+        write_split(tmp, "test", test, test_aug, np.random.default_rng([seed, 2]), names, seed)
+        (tmp / "identifiers.json").write_text(json.dumps(names) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="new folder to create")
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--num-train", type=int, default=4000, help="original training puzzles (default 4000)")
+    ap.add_argument("--num-test", type=int, default=400, help="original test puzzles (default 400)")
+    ap.add_argument("--train-aug", type=int, default=3, help="augmented copies per training puzzle (default 3)")
+    ap.add_argument("--test-aug", type=int, default=3, help="augmented copies per test puzzle (default 3)")
+    args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error("--seed must be >= 0")
+    if args.num_train < 0 or args.num_test < 1:
+        ap.error("--num-train must be >= 0 and --num-test >= 1")
+    if not (0 <= args.train_aug < 192 and 0 <= args.test_aug < 192):
+        ap.error("--train-aug and --test-aug must be in 0..191 (8 dihedral x 24 digit permutations, minus identity)")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        ap.error(f"--out {display_path(args.out)} already exists; pick a new folder (runs are never overwritten)")
+    out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug)
+    for split in ("train", "test"):
+        meta = json.loads((out / split / "dataset.json").read_text())
+        print(f"{split}: {meta['num_puzzles']} puzzles, {meta['num_examples']} examples -> {display_path(out / split)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

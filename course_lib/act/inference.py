@@ -1,0 +1,184 @@
+"""Seed 000's inference CLI: run a trained ACT reasoner on puzzle datasets, score it, save predictions.
+
+    python -m course_lib.act.inference --checkpoint checkpoints/act/step_8000 \\
+        --data_paths runs/act_data/seed777_0_500 --max_batches 1 \\
+        --save_outputs preds inputs puzzle_identifiers q_halt_logits --halting forced
+
+Flow (as in the seed): load the config beside the checkpoint → rebuild the model, load the
+weights, eval() → for each batch of the test split, call the model again and again with its
+carry until every row has halted → ARC evaluator (voting over augmented copies) → save.
+
+Deviation from the seed, on purpose: outputs go to `--output_dir` (default: a new folder under
+runs/act_inference/, outside git), NOT into the checkpoint's folder — the shipped checkpoints/
+stay read-only, and an earlier run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import CheckpointError
+from ..device import pick_device
+from ..paths import RUNS, display_path
+from .checkpoint import load_reasoner, step_of
+from .data import DataError, load_split
+from .evaluator import ARCEvaluator
+from .halting import run_dynamic, run_forced
+from .loss import METRIC_NAMES, ACTLossHead
+
+SAVE_KEYS = ("preds", "inputs", "labels", "puzzle_identifiers", "q_halt_logits", "q_continue_logits", "logits", "steps")
+BAR = "=" * 60
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m course_lib.act.inference", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="the step_N FILE (not its folder); all_config.json must sit beside it")
+    ap.add_argument("--data_paths", nargs="+", required=True, help="dataset folders written by course_lib.act.build_dataset")
+    ap.add_argument("--max_batches", type=int, default=None, help="stop after N batches per dataset (default: all)")
+    ap.add_argument("--save_outputs", nargs="+", default=["preds", "inputs"], metavar="KEY",
+                    help=f"keys to save (default: preds inputs); any of: {' '.join(SAVE_KEYS)}")
+    ap.add_argument("--halting", choices=("forced", "dynamic"), default="forced",
+                    help="forced: always halt_max_steps (the seed); dynamic: halted rows are frozen (early exit)")
+    ap.add_argument("--threshold", type=float, default=0.5, help="dynamic halting: stop when sigmoid(q_halt) > threshold")
+    ap.add_argument("--batch_size", type=int, default=500)
+    ap.add_argument("--output_dir", type=Path, default=None, help="default: a new folder under runs/act_inference/")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = ap.parse_args(argv)
+    unknown = [k for k in args.save_outputs if k not in SAVE_KEYS]
+    if unknown:
+        ap.error(f"unknown --save_outputs key(s) {unknown}; choose from: {' '.join(SAVE_KEYS)}")
+    if args.max_batches is not None and args.max_batches < 1:
+        ap.error("--max_batches must be >= 1 (leave it out to process every batch)")
+    if args.batch_size < 1:
+        ap.error("--batch_size must be >= 1")
+    if not 0.0 <= args.threshold <= 1.0:
+        ap.error("--threshold is a probability: use a value in [0, 1]")
+    if args.output_dir is not None and args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
+        ap.error(f"--output_dir {display_path(args.output_dir)} already exists and is not empty; "
+                 "pick a new folder (earlier runs are never overwritten)")
+    return args
+
+
+def new_run_dir() -> Path:
+    base = RUNS / "act_inference" / time.strftime("run_%Y%m%d-%H%M%S")
+    out, i = base, 1
+    while out.exists():
+        out, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return out
+
+
+def save_tensors(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Validate everything that can fail BEFORE computing or writing anything.
+    try:
+        device = pick_device(args.device, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: --device: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = load_reasoner(args.checkpoint, device)
+    except CheckpointError as exc:
+        print(f"error: --checkpoint: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sets = {Path(p): load_split(p, "test") for p in args.data_paths}
+    except DataError as exc:
+        print(f"error: --data_paths: {exc}", file=sys.stderr)
+        return 2
+    step = step_of(args.checkpoint)
+    out_dir = args.output_dir or new_run_dir()
+    head = ACTLossHead(model).eval()
+    multi = len(sets) > 1
+
+    print(BAR)
+    print("Inference configuration")
+    print(BAR)
+    print(f"Checkpoint: {display_path(args.checkpoint)}")
+    print(f"Datasets: {[display_path(p) for p in sets]}")
+    print(f"Max batches: {args.max_batches if args.max_batches else 'all'}")
+    print(f"Save outputs: {args.save_outputs}")
+    halt_desc = f"max {model.config['halt_max_steps']} steps" + (f", threshold {args.threshold}" if args.halting == "dynamic" else "")
+    print(f"Halting: {args.halting} ({halt_desc})")
+    print(f"Device: {device.type}")
+    print(f"Output dir: {display_path(out_dir)}")
+    print(BAR)
+    print()
+    print("Starting inference...")
+
+    saved: dict[str, list[torch.Tensor]] = {k: [] for k in args.save_outputs}
+    evaluator = ARCEvaluator([])
+    per_set: dict[str, dict[str, float]] = {}
+    batch_no = 0
+    for path, pset in sets.items():
+        set_name = f"{path.name}/all" if multi else "all"
+        offset = len(evaluator.names)
+        # Namespace the puzzle ids of each dataset so that two datasets never vote together.
+        evaluator.names.extend(f"{path.name}/{n}" if multi and i else n for i, n in enumerate(pset.names))
+        sums: dict[str, float] = {}
+        n_batches = -(-len(pset) // args.batch_size)
+        if args.max_batches:
+            n_batches = min(n_batches, args.max_batches)
+        for b in range(n_batches):
+            batch_no += 1
+            batch = {k: v.to(device) for k, v in pset.batch(b * args.batch_size, (b + 1) * args.batch_size).items()}
+            print(f"Processing batch {batch_no}: {set_name}", flush=True)
+            keys = tuple(set(args.save_outputs) | {"preds", "q_halt_logits", "labels", "puzzle_identifiers"})
+            if args.halting == "forced":
+                n_steps, metrics, preds = run_forced(head, batch, return_keys=keys)
+                preds.setdefault("steps", torch.full((len(batch["inputs"]),), n_steps, device=device))
+                print(f"  Completed inference in {n_steps} steps", flush=True)
+            else:
+                n_steps, metrics, preds, row_steps = run_dynamic(model, batch, threshold=args.threshold, return_keys=keys)
+                print(f"  Completed inference in {n_steps} steps (mean {row_steps.float().mean():.2f} per puzzle)", flush=True)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            evaluator.update(preds["preds"], preds["puzzle_identifiers"] + offset, preds["q_halt_logits"], preds["labels"])
+            for k in args.save_outputs:
+                v = preds[k] if k in preds else batch[k]
+                saved[k].append((v + offset if k == "puzzle_identifiers" else v).cpu())
+        count = max(sums.pop("count", 0.0), 1.0)
+        per_set[set_name] = {k: sums.get(k, 0.0) / count for k in METRIC_NAMES}
+
+    print()
+    print("Running 1 evaluator(s)...")
+    print("Running evaluator 1/1: ARC")
+    arc = evaluator.result()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds_path = out_dir / f"step_{step}_all_preds.0"
+    save_tensors({k: torch.cat(v) for k, v in saved.items()}, preds_path)
+    sub_path = evaluator.write_submission(out_dir / f"evaluator_ARC_step_{step}")
+
+    print()
+    print(BAR)
+    print("Inference results")
+    print(BAR)
+    for set_name, metrics in per_set.items():
+        print()
+        print(f"{set_name}:")
+        for k, v in metrics.items():
+            print(f"  {k}: {v:.6f}")
+    print()
+    for k, v in arc.items():
+        print(f"{k}: {v:.6f}")
+    print(BAR)
+    print(f"Saved predictions: {display_path(preds_path)}")
+    print(f"Saved submission: {display_path(sub_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for nb in books:
         start = time.time()
         target = run_dir / nb.name
-        tmp = run_dir / f".{nb.name}.partial"
+        tmp = run_dir / f".{nb.stem}.partial.ipynb"
         try:
             pm.execute_notebook(str(nb), str(tmp), parameters=params.get(nb, {}), cwd=str(NOTEBOOKS),
                                 kernel_name="python3", progress_bar=False)

@@ -24,8 +24,8 @@ from ..act.evaluate import evaluate_set
 from ..act.loss import ACTLossHead
 from ..act.model import DEFAULT_CONFIG, ACTReasoner
 from ..checkpoints import atomic_save, update_manifest, write_json_atomic
-from ..device import pick_device, seed_everything
 from ..paths import CHECKPOINTS, RUNS, display_path
+from .common import add_run_args, setup_run
 
 TRAIN_SEED, UNSEEN_SEED = 0, 777
 ACT_DIR = CHECKPOINTS / "act"
@@ -52,19 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exploration", type=float, default=0.3, help="halt_exploration_prob")
     ap.add_argument("--num-train", type=int, default=20000)
     ap.add_argument("--num-test", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=TRAIN_SEED)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is polite on a shared CPU)")
+    add_run_args(ap, seed=TRAIN_SEED, threads=1)
     ap.add_argument("--eval-every", type=int, default=1000)
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--out-dir", type=Path, default=ACT_DIR)
     ap.add_argument("--no-manifest", action="store_true")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         ap.error("--steps and --batch must be >= 1")
 
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    gen = seed_everything(args.seed)
+    device, gen = setup_run(args)
     data_dir = dataset(args.seed, args.num_train, args.num_test)
     unseen_dir = dataset(UNSEEN_SEED, 0, args.num_test)
     train, test, unseen = load_split(data_dir, "train"), load_split(data_dir, "test"), load_split(unseen_dir, "test")

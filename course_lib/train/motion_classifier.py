@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import atomic_save, update_manifest
-from ..device import pick_device, seed_everything
 from ..motion.classifier import ActionClassifier, load_classifier
 from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
 from ..motion.synth import ACTIONS
 from ..motion.vqvae import load_vqvae
 from ..paths import CHECKPOINTS, display_path
+from .common import add_run_args, setup_run
 from .motion_vqvae import VQ_PATH
 
 CLS_PATH = CHECKPOINTS / "motion" / "action_classifier.pt"
@@ -47,18 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--n-heldout", type=int, default=300)
     ap.add_argument("--noise", type=float, default=0.3, help="std of Gaussian noise added to normalised training features")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="auto")
+    add_run_args(ap, seed=1234)
     ap.add_argument("--vqvae", type=Path, default=VQ_PATH)
     ap.add_argument("--out", type=Path, default=CLS_PATH)
     ap.add_argument("--no-manifest", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    gen = seed_everything(args.seed)
+    device, gen = setup_run(args)
     net, norm = load_vqvae(args.vqvae, device)
     train_clips, train_np = clip_features(args.n_train, TRAIN_SEED + 1)  # clips the VQ-VAE never saw
     held_clips, held_np = clip_features(args.n_heldout, HELDOUT_SEED)

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import atomic_save, update_manifest
-from ..device import pick_device, seed_everything
 from ..motion.classifier import load_classifier
 from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
 from ..motion.gpt import Config, MotionGPT, save_trans
@@ -31,6 +30,7 @@ from ..motion.synth import ACTIONS
 from ..motion.text_encoder import TextEncoder, WordTokenizer
 from ..motion.vqvae import load_vqvae
 from ..paths import display_path
+from .common import add_run_args, setup_run
 from .motion_classifier import per_action_accuracy
 
 TEXT_CONFIG = {"clip_dim": 64, "n_layer": 2, "n_head": 4, "dropout": 0.0}
@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pkeep", type=float, default=0.9)
     ap.add_argument("--n-train", type=int, default=6000)
     ap.add_argument("--n-heldout", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--device", default="auto")
+    add_run_args(ap, seed=1234)
     ap.add_argument("--vqvae", type=Path, default=VQ_PATH)
     ap.add_argument("--classifier", type=Path, default=CLS_PATH)
     ap.add_argument("--out", type=Path, default=TRANS_PATH)
@@ -89,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-manifest", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    gen = seed_everything(args.seed)
+    device, gen = setup_run(args)
     t_start = time.time()
     net, norm = load_vqvae(args.vqvae, device)
     clips, feats = clip_features(args.n_train, TRAIN_SEED)

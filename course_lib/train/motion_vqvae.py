@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import atomic_save, update_manifest
-from ..device import pick_device, seed_everything
 from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features, random_windows
 from ..motion.features import Normalizer, recover_from_ric
 from ..motion.skeleton import body_height
 from ..motion.vqvae import COURSE_VQ_CONFIG, VQVAE, load_vqvae
 from ..paths import CHECKPOINTS, display_path
+from .common import add_run_args, setup_run
 
 VQ_PATH = CHECKPOINTS / "motion" / "vqvae.pth"
 
@@ -64,19 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=3000)
     ap.add_argument("--n-heldout", type=int, default=300)
     ap.add_argument("--quantizer", choices=["ema_reset", "fsq"], default="ema_reset")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave the default)")
-    ap.add_argument("--device", default="auto")
+    add_run_args(ap, seed=1234)
     ap.add_argument("--out", type=Path, default=VQ_PATH)
     ap.add_argument("--no-manifest", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.window % 4 or args.iters < 1:
         ap.error("--window must be a multiple of 4 (one code per 4 frames) and --iters >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    gen = seed_everything(args.seed)
+    device, gen = setup_run(args)
     t0 = time.time()
     _, train_np = clip_features(args.n_train, TRAIN_SEED)
     _, held_np = clip_features(args.n_heldout, HELDOUT_SEED)

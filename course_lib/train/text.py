@@ -19,10 +19,10 @@ import torch
 
 from ..checkpoints import atomic_save, half_state_dict, update_manifest
 from ..corpus import BRANDS, generate_corpus, is_well_formed
-from ..device import pick_device, seed_everything
 from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
 from ..paths import TEXT_MODEL, display_path
 from ..tokenizer import get_encoding
+from .common import add_run_args, setup_run
 
 TRAIN_SEED, HELDOUT_SEED = 1234, 98765
 
@@ -93,17 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lines", type=int, default=60000)
-    ap.add_argument("--seed", type=int, default=TRAIN_SEED)
-    ap.add_argument("--device", default="auto")
+    add_run_args(ap, seed=TRAIN_SEED)
     ap.add_argument("--out", type=Path, default=TEXT_MODEL)
     ap.add_argument("--no-manifest", action="store_true", help="do not record the result in MANIFEST.json")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or not 1 <= args.seq_len <= DEFAULT_H_PARAMS["block_size"]:
         ap.error(f"--steps and --batch must be >= 1 and --seq-len in [1, {DEFAULT_H_PARAMS['block_size']}]")
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    device = pick_device(args.device)
-    gen = seed_everything(args.seed)
+    device, gen = setup_run(args)
     stream, starts = build_stream(generate_corpus(args.lines, args.seed), args.seed)
     held, _ = build_stream(generate_corpus(2000, HELDOUT_SEED), HELDOUT_SEED)
     print(f"train tokens: {len(stream):,}  held-out tokens: {len(held):,}")

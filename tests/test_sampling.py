@@ -7,19 +7,13 @@ import warnings
 import pytest
 import torch
 
+from course_lib.batching import read_prompts
+from course_lib.decode import encode_prompt
 from course_lib.gpt import GPT
-from course_lib.sampling import (
-    apply_repetition_penalty,
-    check_sampling_args,
-    encode_prompt,
-    filter_logits,
-    format_trace,
-    generate_with_trace,
-    quality_and_diversity,
-    read_prompts,
-    sample_next,
-)
+from course_lib.quality import quality_and_diversity
+from course_lib.sampling import apply_repetition_penalty, check_sampling_args, filter_logits, sample_next
 from course_lib.tokenizer import get_encoding, show_token
+from course_lib.trace import format_trace, generate_with_trace
 
 NEG = float("-inf")
 
@@ -220,7 +214,7 @@ def test_trace_records_steps_and_matches_generate():
 
 
 def test_trace_text_shows_pending_bytes():
-    from course_lib.sampling import _visible_text
+    from course_lib.trace import _visible_text
     enc = get_encoding()
     ids = enc.encode("水鲜虾")
     full = _visible_text(enc, ids)

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from course_lib.device import pick_device
+from course_lib.files import atomic_write_text
 from course_lib.gpt import DEFAULT_H_PARAMS, GPT
 from course_lib.layers import swiglu_hidden
 from course_lib.paths import RUNS, display_path
@@ -213,13 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
 
     out = args.out or RUNS / "bench" / f"decode-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": "python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    atomic_write_text(out, json.dumps({"command": "python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type,
                                "hf": hf_note, "compile": compile_note, "read_bandwidth_GBps": round(bw / 1e9, 2),
                                "params": n_params, "rows": rows, "ratios": ratios}, indent=1))
-    tmp.rename(out)
     print(f"\nsaved {display_path(out)}")
     return 0
 

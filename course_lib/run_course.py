@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from .files import claim_numbered_folder
 from .paths import NOTEBOOKS, REPO_ROOT, display_path
 
 
@@ -71,15 +72,7 @@ def resolve_params(spec: dict, books: list[Path]) -> dict[Path, dict]:
 
 def new_run_dir(out: Path) -> Path:
     """out/run-NNN with the next free number, created atomically (two runs never share one)."""
-    out.mkdir(parents=True, exist_ok=True)
-    n = max((int(p.name[4:]) for p in out.glob("run-[0-9][0-9][0-9]") if p.name[4:].isdigit()), default=0) + 1
-    while True:
-        try:
-            path = out / f"run-{n:03d}"
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return claim_numbered_folder(out, prefix="run-", width=3, first=1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,7 +112,7 @@ def variants(model: GPT, step, hf, x: torch.Tensor, new: int, with_nocache: bool
     return methods
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
     ap.add_argument("--contexts", default="128,512", help="total lengths at the end of generation (default 128,512)")
@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="batch 1, context 128, 3 repeats, no compile")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write (default: runs/bench/decode-<time>.json)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
         batches = [int(b) for b in args.batch_sizes.split(",")]

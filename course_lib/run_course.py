@@ -75,11 +75,17 @@ def new_run_dir(out: Path) -> Path:
     return claim_numbered_folder(out, prefix="run-", width=3, first=1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m course_lib.run_course", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "build", help="folder for executed copies (default: build/)")
     ap.add_argument("--params", type=Path, help="YAML file of parameters per notebook")
     ap.add_argument("--only", nargs="*", default=None, help="notebook numbers or names to run (default: all)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     books = notebooks()
     if not books:

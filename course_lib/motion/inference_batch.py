@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         pipe = load_pipeline(args.resume_pth, args.resume_trans, args.text_encoder, device)
     except (CheckpointError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        ap.error(str(exc))  # the one exit-2 path: usage line, "error: ...", exit code 2
     print(f"Loaded VQ-VAE {display_path(args.resume_pth)}, transformer {display_path(args.resume_trans)}, "
           f"text encoder {display_path(args.text_encoder)}")
 

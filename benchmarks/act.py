@@ -14,6 +14,7 @@ Timings are wall-clock on whatever CPU share the machine gives; compare rows, no
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -34,12 +35,17 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(SHIPPED))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_reasoner(args.checkpoint)
     S = model.config["halt_max_steps"]
@@ -97,7 +103,8 @@ def main() -> None:
               f"{n / t_frozen:.0f} |")
         print(f"| dynamic p>{thr}, slot refilling | {refill['iterations']} | {refill['row_steps']} | {exact_refill:.4f} | "
               f"{t_refill:.2f} | {n / t_refill:.0f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from course_lib.device import pick_device
+from course_lib.files import atomic_write_text
 from course_lib.gpt import DEFAULT_H_PARAMS, GPT
 from course_lib.layers import swiglu_hidden
 from course_lib.paths import RUNS, display_path
@@ -111,7 +112,7 @@ def variants(model: GPT, step, hf, x: torch.Tensor, new: int, with_nocache: bool
     return methods
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", default="1,4,16", help="comma-separated batch sizes (default 1,4,16)")
     ap.add_argument("--contexts", default="128,512", help="total lengths at the end of generation (default 128,512)")
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="batch 1, context 128, 3 repeats, no compile")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write (default: runs/bench/decode-<time>.json)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
         batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -213,13 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
 
     out = args.out or RUNS / "bench" / f"decode-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": "python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    atomic_write_text(out, json.dumps({"command": "python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                                "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type,
                                "hf": hf_note, "compile": compile_note, "read_bandwidth_GBps": round(bw / 1e9, 2),
                                "params": n_params, "rows": rows, "ratios": ratios}, indent=1))
-    tmp.rename(out)
     print(f"\nsaved {display_path(out)}")
     return 0
 

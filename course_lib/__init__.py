@@ -1,7 +1,30 @@
 """Inside Inference: the shared library behind the course notebooks.
 
-Each module holds one idea (device choice, checkpoints, tokenizer, layers, the text model...).
-Notebooks import from here so that what a student reads in a cell is what the tests pin down.
+Each module holds one idea; notebooks import from here so that what a student reads in a cell is
+what the tests pin down. Where each module is taught (chapter = notebook number):
+
+    module                 idea                                                      chapters
+    device                 pick_device (cuda > mps > cpu), seed_everything           00, all
+    paths                  repo-relative locations; display_path for messages        all
+    files                  atomic writes, numbered run folders claimed with mkdir    (CLIs, recipes)
+    checkpoints            weights_only loading, readable strict-load errors, MANIFEST  01, 07
+    notebook               parameter checks, exercise verdicts                       all
+    tokenizer              cl100k_base offline; token bytes, half-characters         00, 02, 03
+    layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03 (inside every model)
+    kv_cache               the contiguous pre-allocated KV cache                     03
+    gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03
+    sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
+    decode                 the decode loop (with or without a cache)                 02, 03
+    trace                  traced generation: every step's top candidates            02
+    streaming              UTF-8-safe streaming text out                             03
+    batching               left padding, attention masks, generate_batch             02, 03
+    quality                sampled lines and their well-formed / distinct rates      02
+    plots, widgets         the figures and the interactive explorers                 02, 03
+    corpus                 the listing grammar the text model was trained on         00, 02
+    act/                   the ACT reasoner, halting loops, ARC-style evaluator, CLI 04
+    motion/                skeleton, features, VQ-VAE, motion GPT, render, batch CLI 07
+    train/                 the recipes that produced every checkpoint                (checkpoints/)
+    run_course             every notebook headless with papermill                    (instructors)
 """
 
 __version__ = "0.1.0"

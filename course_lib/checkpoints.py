@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .files import atomic_torch_save, atomic_write_text
 from .paths import CHECKPOINTS, MANIFEST, display_path
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -139,23 +138,9 @@ def _few(keys: list[str], n: int = 4) -> str:
 
 # ---------------------------------------------------------------------------------- saving
 def atomic_save(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
-    """torch.save to a temporary name in the same folder, then rename: never a half-written file."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise FileExistsError(f"{display_path(p)} exists; refusing to overwrite it (pass overwrite=True to replace it).")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint should be readable like any file
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return p
+    """torch.save to a temporary name in the same folder, then rename: never a half-written file.
+    Refuses to replace an existing file unless overwrite=True."""
+    return atomic_torch_save(obj, path, overwrite)
 
 
 def half_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -190,11 +175,7 @@ def read_manifest(path: str | Path = MANIFEST) -> dict[str, dict]:
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 def manifest_key(path: str | Path) -> str:

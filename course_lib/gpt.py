@@ -7,7 +7,6 @@ load_state_dict → eval → to(device) — with safe loading and readable error
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -15,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import get_entry, load_checkpoint, load_weights
+from .decode import generate_ids
 from .kv_cache import KVCache
-from .layers import Block, RMSNorm, padding_mask, rope_angles
+from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights, num_params, rope_angles, run_blocks
 from .paths import TEXT_MODEL
-from .sampling import generate_ids, position_ids_from_mask
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included
@@ -52,15 +51,7 @@ class GPT(nn.Module):
         # Weight tying: the 100k-row table is most of the model; using it for input and output
         # halves the size and ties "what a token means" to "when to predict it".
         self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith(("attn.proj.weight", "ffn.down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * hp["n_layer"]))
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
+        init_weights(self, hp["n_layer"])
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +59,15 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         """Parameters counted once (the tied head is the embedding)."""
-        return sum(p.numel() for p in self.parameters())
+        return num_params(self)
+
+    def _run(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+             cache: KVCache | None = None) -> torch.Tensor:
+        """The one forward path: embed → dropout → blocks (storing keys/values in `cache` if given)
+        → final norm. Returns hidden states (B, T, n_embd); callers apply the head where they need it."""
+        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
+        x = self.drop(self.tok_emb(idx))
+        return self.norm(run_blocks(self.blocks, x, rope, mask, cache))
 
     def forward(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,16 +80,10 @@ class GPT(nn.Module):
         if T > self.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; keep the last {self.block_size} tokens")
         if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            else:
-                position_ids = torch.arange(T, device=idx.device)[None].expand(B, T)
-        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
-        mask = padding_mask(attention_mask, causal=True) if attention_mask is not None else None
-        x = self.drop(self.tok_emb(idx))
-        for block in self.blocks:
-            x = block(x, rope, mask)
-        return self.lm_head(self.norm(x))
+            position_ids = default_positions(B, T, 0, attention_mask, idx.device)
+        # No padding: the blocks use SDPA's built-in causal mask; with padding, the same rule as the cache at length 0.
+        mask = None if attention_mask is None else attend_mask(T, 0, attention_mask, causal=True)
+        return self.lm_head(self._run(idx, position_ids, mask))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (targets are idx shifted left by one)."""
@@ -107,14 +100,6 @@ class GPT(nn.Module):
         hp = self.h_params
         return KVCache(hp["n_layer"], batch_size, hp["n_head"], self.head_dim, max_len or self.block_size,
                        device=self.device, dtype=self.tok_emb.weight.dtype)
-
-    def _hidden(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
-        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
-        x = self.drop(self.tok_emb(idx))
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, kv_cache=cache.layer(i))
-        cache.advance(idx.shape[1])
-        return self.norm(x)
 
     def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
@@ -138,7 +123,7 @@ class GPT(nn.Module):
         mask = None
         if attention_mask is not None or T > 1:  # one unpadded new token may attend to everything cached
             mask = cache.attn_mask(T, attention_mask)
-        return self.lm_head(self._hidden(input_ids, position_ids, mask, cache)), cache
+        return self.lm_head(self._run(input_ids, position_ids, mask, cache)), cache
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -151,11 +136,8 @@ class GPT(nn.Module):
         if cache is None or cache.batch_size != B:
             cache = self.new_cache(B)
         cache.reset()  # a new prompt must never see the previous one's keys
-        if attention_mask is None:
-            pos = torch.arange(T, device=idx.device)[None].expand(B, T)
-        else:
-            pos = position_ids_from_mask(attention_mask)
-        h = self._hidden(idx, pos, cache.attn_mask(T, attention_mask), cache)
+        pos = default_positions(B, T, 0, attention_mask, idx.device)
+        h = self._run(idx, pos, cache.attn_mask(T, attention_mask), cache)
         return self.lm_head(h[:, -1, :]), cache
 
     @torch.no_grad()
@@ -166,13 +148,9 @@ class GPT(nn.Module):
         position is its count of real tokens minus one (left padding does not shift it).
         """
         B = token.shape[0]
-        if attention_mask is None:
-            pos = torch.full((B, 1), cache.length, device=token.device, dtype=torch.long)
-            mask = None
-        else:
-            pos = attention_mask.long().sum(-1, keepdim=True) - 1
-            mask = cache.attn_mask(1, attention_mask)
-        return self.lm_head(self._hidden(token, pos, mask, cache)[:, -1, :])
+        pos = default_positions(B, 1, cache.length, attention_mask, token.device)
+        mask = None if attention_mask is None else cache.attn_mask(1, attention_mask)
+        return self.lm_head(self._run(token, pos, mask, cache)[:, -1, :])
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -182,7 +160,7 @@ class GPT(nn.Module):
 
         use_cache=False is the simplest correct loop (re-run the whole cropped context for every
         token); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
-        See sampling.generate_ids for what happens at the context limit.
+        See decode.generate_ids for what happens at the context limit.
         """
         return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
                             generator=generator, use_cache=use_cache, attention_mask=attention_mask)

@@ -7,12 +7,16 @@ addresses stay fixed across steps (what compiled graphs and CUDA graphs want).
 
 Protocol used by `layers.Attention`: for a step of T new tokens, every layer calls
 `cache.layer(i).update(k, v)`, which writes at [length, length + T) and returns the keys and
-values of all tokens so far; after the last layer the model calls `cache.advance(T)`.
+values of all tokens so far; after the last layer `layers.run_blocks` (the one loop over blocks
+every model uses) calls `cache.advance(T)`. The mask follows `layers.attend_mask`, the same rule
+as a forward pass without a cache (which is this mask at length 0).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .layers import attend_mask
 
 
 class LayerKV:
@@ -62,12 +66,5 @@ class KVCache:
         New query j sits at slot length + j and may see every slot <= its own (causal).
         key_padding (B, length + q_len) marks real tokens with 1, so left padding is never attended.
         """
-        total = self.length + q_len
-        device = self.k.device
-        q_slot = torch.arange(self.length, total, device=device)[:, None]
-        mask = (torch.arange(total, device=device)[None, :] <= q_slot)[None, None]  # (1, 1, q, total)
-        if key_padding is not None:
-            keep = key_padding[:, None, None, :total].bool()
-            # a padded query would see nothing at all (NaN softmax): let it see its own slot
-            mask = (mask & keep) | (torch.arange(total, device=device)[None, :] == q_slot)[None, None]
-        return mask.expand(self.batch_size, 1, q_len, total)
+        mask = attend_mask(q_len, self.length, key_padding, causal=True, device=self.k.device)
+        return mask.expand(self.batch_size, 1, q_len, self.length + q_len)

@@ -7,6 +7,9 @@ bidirectional (ACT puzzles); the only difference is the attention mask.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +42,24 @@ def rope_angles(position_ids: torch.Tensor, head_dim: int, theta: float = 10000.
     freqs = position_ids.float()[..., None] * inv_freq  # (B, T, head_dim/2)
     emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, head_dim)
     return emb.cos()[:, None], emb.sin()[:, None]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-row positions for a left-padded batch: each row's first real token is position 0.
+    Padding gets 0 too (a dummy: it is masked out and never read)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def default_positions(batch: int, q_len: int, start: int = 0, attention_mask: torch.Tensor | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Positions (B, q_len) of q_len new tokens that follow `start` earlier ones: the one place they are derived.
+
+    Without padding they are start, start+1, ...; with attention_mask (B, start + q_len) each row
+    counts only its real tokens (`position_ids_from_mask`), so left padding does not shift them.
+    """
+    if attention_mask is None:
+        return torch.arange(start, start + q_len, device=device)[None].expand(batch, q_len)
+    return position_ids_from_mask(attention_mask)[:, -q_len:]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -119,15 +140,63 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
+def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+               attn_mask: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+    """x (B, T, C) through every block. With a cache, layer i stores its keys and values in
+    `cache.layer(i)` and the cache advances by T once, after the last layer (the only place it does)."""
+    for i, block in enumerate(blocks):
+        x = block(x, rope, attn_mask, kv_cache=None if cache is None else cache.layer(i))
+    if cache is not None:
+        cache.advance(x.shape[1])
+    return x
+
+
+# ------------------------------------------------------------------------------- masks
+def attend_mask(q_len: int, start: int = 0, key_padding: torch.Tensor | None = None, causal: bool = True,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """The one mask rule: boolean (B or 1, 1, q_len, start + q_len), True = "may attend".
+
+    New query j sits at slot start + j; causal queries see every slot <= their own. key_padding
+    (B, >= start + q_len) marks real tokens with 1, and padding is never attended, except that a
+    padded query may attend to itself: it would otherwise see nothing (softmax of all -inf is
+    NaN); its output is garbage and never read. Without a cache start is 0 (`padding_mask`).
+    """
+    total = start + q_len
+    if key_padding is not None:
+        device = key_padding.device
+    q_slot = torch.arange(start, total, device=device)[:, None]
+    k_slot = torch.arange(total, device=device)[None, :]
+    mask = (k_slot <= q_slot) if causal else torch.ones(q_len, total, dtype=torch.bool, device=device)
+    mask = mask[None, None]  # (1, 1, q_len, total)
+    if key_padding is not None:
+        keep = key_padding[:, None, None, :total].bool()
+        mask = (mask & keep) | (k_slot == q_slot)[None, None]
+    return mask
+
+
 def padding_mask(attention_mask: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """Boolean (B, 1, T, T) mask from a (B, T) 0/1 padding mask; True means "may attend".
+    The cache's mask at length 0 (`attend_mask` with start=0): one rule for both paths."""
+    return attend_mask(attention_mask.shape[-1], 0, attention_mask, causal)
 
-    Padded query rows would attend to nothing (softmax of all -inf is NaN), so each token may
-    always attend to itself; those rows are garbage anyway and are never read.
-    """
-    keep = attention_mask.bool()
-    T = keep.shape[-1]
-    mask = keep[:, None, None, :].expand(-1, 1, T, T)
-    if causal:
-        mask = mask & torch.ones(T, T, dtype=torch.bool, device=keep.device).tril()
-    return mask | torch.eye(T, dtype=torch.bool, device=keep.device)
+
+# ------------------------------------------------------------------------ shared model helpers
+def init_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation, shared by the text and motion GPTs: N(0, 0.02) for linear and embedding
+    weights, zero biases, and residual projections scaled by 1/sqrt(2 * n_layer) so the residual
+    stream's variance does not grow with depth."""
+    def base(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    model.apply(base)
+    for name, p in model.named_parameters():
+        if name.endswith(("attn.proj.weight", "ffn.down.weight")):
+            nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer))
+
+
+def num_params(model: nn.Module) -> int:
+    """Parameters counted once (a tied output head shares the embedding's tensor)."""
+    return sum(p.numel() for p in model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -16,9 +17,11 @@ TEXT_MODEL = CHECKPOINTS / "text_gpt.pt"
 
 
 def display_path(path: str | Path) -> str:
-    """A path as a student should see it: relative to the repo when inside it, never a machine path."""
-    p = Path(path).resolve()
+    """A path as a message should show it: relative to the repo when inside it (no machine paths in
+    notebook outputs), the full absolute path when outside (a bare file name would send a reader
+    looking in the wrong folder: "model.pt" for /data/x/model.pt)."""
+    p = Path(path).expanduser()
     try:
-        return p.relative_to(REPO_ROOT).as_posix()
+        return p.resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:
-        return p.name if p.is_absolute() else str(path)
+        return os.path.abspath(p)  # normalised, but symlinks kept as the caller wrote them

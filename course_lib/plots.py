@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib import font_manager
 
-from .sampling import token_label
+from .tokenizer import show_token
 
 # ===================================================================== chapter 02: sampling
 
@@ -44,7 +44,7 @@ def text_for_plot(text: str) -> str:
 
 
 def _label(enc, token_id: int) -> str:
-    text = token_label(enc, token_id)
+    text = show_token(enc, token_id)
     return text_for_plot(repr(text)[1:-1] if not text.startswith("<") else text)
 
 

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from .files import claim_numbered_folder
 from .paths import NOTEBOOKS, REPO_ROOT, display_path
 
 
@@ -71,22 +72,20 @@ def resolve_params(spec: dict, books: list[Path]) -> dict[Path, dict]:
 
 def new_run_dir(out: Path) -> Path:
     """out/run-NNN with the next free number, created atomically (two runs never share one)."""
-    out.mkdir(parents=True, exist_ok=True)
-    n = max((int(p.name[4:]) for p in out.glob("run-[0-9][0-9][0-9]") if p.name[4:].isdigit()), default=0) + 1
-    while True:
-        try:
-            path = out / f"run-{n:03d}"
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return claim_numbered_folder(out, prefix="run-", width=3, first=1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m course_lib.run_course", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "build", help="folder for executed copies (default: build/)")
     ap.add_argument("--params", type=Path, help="YAML file of parameters per notebook")
     ap.add_argument("--only", nargs="*", default=None, help="notebook numbers or names to run (default: all)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     books = notebooks()
     if not books:

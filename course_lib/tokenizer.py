@@ -7,6 +7,7 @@ so the course never touches the network and still uses the exact vocabulary of t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 
 import tiktoken
@@ -31,14 +32,29 @@ def get_encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
 
 def token_bytes(enc: tiktoken.Encoding, token_id: int) -> bytes:
     """The raw bytes of one token. Many Chinese characters span two or three tokens, so a
-    single token can be a *partial* UTF-8 character: show its bytes, not a replacement char."""
-    return enc.decode_single_token_bytes(token_id)
+    single token can be a *partial* UTF-8 character: show its bytes, not a replacement char.
+
+    The few ids cl100k_base leaves unassigned (100256, 100261-100275) give b"": the model's head has
+    a row for every id up to vocab_size, so sampling can pick one (rarely), and decoding must not crash.
+    """
+    try:
+        return enc.decode_single_token_bytes(int(token_id))
+    except KeyError:
+        return b""
 
 
 def show_token(enc: tiktoken.Encoding, token_id: int) -> str:
-    """Printable form of one token: its text if it is valid UTF-8, else its bytes like <e5 86>."""
+    """Printable form of one token: its text if it is valid UTF-8, else its bytes like <e5 86>;
+    <unused id N> for an unassigned id."""
     raw = token_bytes(enc, token_id)
+    if not raw:
+        return f"<unused id {int(token_id)}>"
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return "<" + " ".join(f"{b:02x}" for b in raw) + ">"
+
+
+def decode_ids(enc: tiktoken.Encoding, ids: Iterable[int]) -> str:
+    """Like enc.decode (invalid UTF-8 becomes U+FFFD) but skipping unassigned ids instead of raising."""
+    return b"".join(token_bytes(enc, i) for i in ids).decode("utf-8", errors="replace")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import torch
 
+from .decode import next_token_logits
 from .plots import plot_next_token_distribution, text_for_plot
-from .sampling import filter_logits, generate_stream, next_token_logits
+from .sampling import filter_logits
+from .streaming import generate_stream
 
 # ===================================================================== chapter 02: sampling
 

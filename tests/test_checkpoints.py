@@ -1,3 +1,5 @@
+"""Checkpoints: safe loading with readable errors, prefix repairs, atomic saving, the manifest hashes."""
+
 import argparse
 import json
 

@@ -1,3 +1,5 @@
+"""The listing corpus: the grammar check accepts what the generator makes and names why a line fails."""
+
 import random
 
 import pytest

@@ -1,3 +1,5 @@
+"""Device choice (cuda > mps > cpu, clear errors for unavailable devices) and seeding."""
+
 import random
 
 import numpy as np

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.gpt import GPT
-from course_lib.sampling import generate_batch, pad_batch, position_ids_from_mask
+from course_lib.batching import pad_batch
+from course_lib.layers import position_ids_from_mask
+from course_lib.sampling import generate_batch  # the public API path (COURSE_DESIGN.md)
 from course_lib.tokenizer import get_encoding
 
 PROMPTS = ["农夫山泉", "Alpine Spring Sparkling Water", "", "三只松鼠 每日坚果 500g", "🙂", "Sunbeam Instant Ramen Beef 120g Cup"]
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(make_gpt):
     enc = get_encoding()
-    torch.manual_seed(0)
-    model = GPT(dict(vocab_size=enc.n_vocab, n_embd=32, n_layer=2, n_head=4, block_size=40, dropout=0.0)).eval()
+    model = make_gpt(vocab_size=enc.n_vocab, block_size=40, dropout=0.0)
     return model, enc
 
 

@@ -1,3 +1,5 @@
+"""The text GPT: shapes, tied weights, causality, dropout only in train(), padding with a mask."""
+
 import pytest
 import torch
 

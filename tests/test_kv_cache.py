@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.gpt import GPT
 from course_lib.kv_cache import KVCache
 from course_lib.paths import TEXT_MODEL
 from course_lib.tokenizer import get_encoding
 
 
-def tiny(block_size: int = 24, vocab: int = 300, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(dict(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, block_size=block_size, dropout=0.0)).eval()
-
-
 @pytest.mark.parametrize("prompt_len", [1, 3, 11, 24])
 @pytest.mark.parametrize("new", [1, 5, 13, 40])  # 40 new tokens run far past block_size=24
-def test_cached_greedy_equals_uncached(prompt_len, new):
-    model = tiny()
+def test_cached_greedy_equals_uncached(prompt_len, new, make_gpt):
+    model = make_gpt(block_size=24, dropout=0.0)
     for seed in range(3):
         x = torch.randint(0, 300, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
         slow = model.generate(x, new, temperature=0, use_cache=False)
@@ -27,8 +21,8 @@ def test_cached_greedy_equals_uncached(prompt_len, new):
         assert torch.equal(slow, fast), (prompt_len, new, seed)
 
 
-def test_cached_sampling_equals_uncached_with_same_seed():
-    model = tiny()
+def test_cached_sampling_equals_uncached_with_same_seed(make_gpt):
+    model = make_gpt(block_size=24, dropout=0.0)
     x = torch.randint(0, 300, (3, 4), generator=torch.Generator().manual_seed(5))
     kw = dict(temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2)
     slow = model.generate(x, 30, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
@@ -36,8 +30,8 @@ def test_cached_sampling_equals_uncached_with_same_seed():
     assert torch.equal(slow, fast)
 
 
-def test_infer_matches_forward_and_step_by_step():
-    model = tiny()
+def test_infer_matches_forward_and_step_by_step(make_gpt):
+    model = make_gpt(block_size=24, dropout=0.0)
     x = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(x)
@@ -49,14 +43,14 @@ def test_infer_matches_forward_and_step_by_step():
     assert cache.length == 10
 
 
-def test_infer_without_position_ids_names_them():
-    model = tiny()
+def test_infer_without_position_ids_names_them(make_gpt):
+    model = make_gpt(block_size=24, dropout=0.0)
     with pytest.raises(TypeError, match="position_ids"):
         model.infer(torch.zeros(1, 3, dtype=torch.long))
 
 
-def test_cache_reset_between_calls():
-    model = tiny()
+def test_cache_reset_between_calls(make_gpt):
+    model = make_gpt(block_size=24, dropout=0.0)
     a = torch.randint(0, 300, (1, 7), generator=torch.Generator().manual_seed(1))
     b = torch.randint(0, 300, (1, 4), generator=torch.Generator().manual_seed(2))
     cache = model.new_cache(1)

@@ -67,12 +67,12 @@ def test_numbering_continues_after_the_largest_existing_folder(tmp_path, tiny_ck
 def test_missing_prompt_file_or_checkpoint_exits_2(tmp_path, tiny_ckpts, capsys):
     with pytest.raises(SystemExit) as e:
         run(tmp_path / "missing.txt", tmp_path / "out", tiny_ckpts)
-    assert e.value.code == 2 and "prompt file not found: missing.txt" in capsys.readouterr().err
+    assert e.value.code == 2 and f"prompt file not found: {tmp_path / 'missing.txt'}" in capsys.readouterr().err
     prompts = tmp_path / "p.txt"
     prompts.write_text("a person walks\n", encoding="utf-8")
     bad = list(tiny_ckpts)
     bad[1] = str(tmp_path / "nope.pth")
     with pytest.raises(SystemExit) as e:
         run(prompts, tmp_path / "out", bad)
-    assert e.value.code == 2 and "--resume_pth: checkpoint not found: nope.pth" in capsys.readouterr().err
+    assert e.value.code == 2 and f"--resume_pth: checkpoint not found: {tmp_path / 'nope.pth'}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing created on a failed start

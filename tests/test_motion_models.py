@@ -7,7 +7,7 @@ import torch
 
 from course_lib.checkpoints import CheckpointError, atomic_save, load_checkpoint, load_weights
 from course_lib.layers import Block
-from course_lib.motion.gpt import PRESETS, Config, MotionGPT, load_trans, save_trans
+from course_lib.motion.gpt import PRESETS, Config, load_trans, save_trans
 from course_lib.motion.quantizers import FSQ, QuantizeEMAReset, perplexity
 from course_lib.motion.text_encoder import TextEncoder, WordTokenizer
 from course_lib.motion.vqvae import VQVAE, load_vqvae
@@ -85,13 +85,11 @@ def test_vqvae_checkpoint_needs_the_module_prefix_stripped(tmp_path):
 
 
 # ------------------------------------------------------------------------------- motion GPT
-def tiny_gpt(seed: int = 0, nb_code: int = 16) -> MotionGPT:
-    torch.manual_seed(seed)
-    return MotionGPT(Config.from_name("course-tiny", vocab_size=nb_code + 2, clip_dim=8, block_size=9, dropout=0.0)).eval()
+# make_motion_gpt (conftest): a seeded course-tiny MotionGPT, nb_code=16, clip_dim=8, block_size=9.
 
 
-def test_vocab_layout_end_and_pad():
-    m = tiny_gpt()
+def test_vocab_layout_end_and_pad(make_motion_gpt):
+    m = make_motion_gpt()
     c = m.config
     assert (c.nb_code, c.end_id, c.pad_id) == (16, 16, 17)
     assert m.tok_emb.num_embeddings == 18 and m.head.out_features == 17  # PAD can be read, never predicted
@@ -101,8 +99,8 @@ def test_vocab_layout_end_and_pad():
         Config.from_name("8B")
 
 
-def test_end_is_masked_at_the_first_step_and_stops_later():
-    m = tiny_gpt()
+def test_end_is_masked_at_the_first_step_and_stops_later(make_motion_gpt):
+    m = make_motion_gpt()
     with torch.no_grad():
         m.head.weight.zero_()
         m.head.weight[m.config.end_id] = 0.0
@@ -123,8 +121,8 @@ def test_end_is_masked_at_the_first_step_and_stops_later():
     assert trace[0]["p_end"] == 0.0
 
 
-def test_pad_targets_are_ignored_by_the_loss():
-    m = tiny_gpt()
+def test_pad_targets_are_ignored_by_the_loss(make_motion_gpt):
+    m = make_motion_gpt()
     c = m.config
     clip = torch.randn(2, 8)
     codes = torch.tensor([[3, 5, 7], [1, 2, 4]])
@@ -134,8 +132,8 @@ def test_pad_targets_are_ignored_by_the_loss():
     torch.testing.assert_close(m.loss(codes, clip, target), m.loss(padded_inp, clip, padded_target))  # causal: pads change nothing before them
 
 
-def test_cached_sampling_equals_uncached_and_rows_stop_independently():
-    m = tiny_gpt(1)
+def test_cached_sampling_equals_uncached_and_rows_stop_independently(make_motion_gpt):
+    m = make_motion_gpt(1)
     clip = torch.randn(5, 8)
     for temp, k in itertools.product([0.0, 1.0], [None, 3]):
         a = m.sample(clip, temperature=temp, top_k=k, generator=torch.Generator().manual_seed(7), use_cache=True)
@@ -146,8 +144,8 @@ def test_cached_sampling_equals_uncached_and_rows_stop_independently():
         m.sample(clip, temperature=-1.0)
 
 
-def test_trans_checkpoint_round_trip(tmp_path):
-    m = tiny_gpt(2)
+def test_trans_checkpoint_round_trip(tmp_path, make_motion_gpt):
+    m = make_motion_gpt(2)
     ckpt = save_trans(m, {})
     assert all(k.startswith("module.") for k in ckpt["trans"])
     path = atomic_save(ckpt, tmp_path / "trans.pth")

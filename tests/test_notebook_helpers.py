@@ -1,3 +1,5 @@
+"""Notebook helpers: parameter checks that name the fix, exercise verdicts, numbered run folders."""
+
 import pytest
 
 from course_lib.notebook import ParameterError, check_answer, check_param, run_check, show_params

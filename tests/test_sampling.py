@@ -7,19 +7,12 @@ import warnings
 import pytest
 import torch
 
-from course_lib.gpt import GPT
-from course_lib.sampling import (
-    apply_repetition_penalty,
-    check_sampling_args,
-    encode_prompt,
-    filter_logits,
-    format_trace,
-    generate_with_trace,
-    quality_and_diversity,
-    read_prompts,
-    sample_next,
-)
+from course_lib.batching import read_prompts
+from course_lib.decode import encode_prompt
+from course_lib.quality import quality_and_diversity
+from course_lib.sampling import apply_repetition_penalty, check_sampling_args, filter_logits, sample_next
 from course_lib.tokenizer import get_encoding, show_token
+from course_lib.trace import format_trace, generate_with_trace
 
 NEG = float("-inf")
 
@@ -131,8 +124,8 @@ def test_bad_arguments_name_argument_and_range(kwargs, needle):
     assert needle in str(err.value)
 
 
-def test_generate_rejects_bad_arguments():
-    model = GPT(dict(vocab_size=50, n_embd=16, n_layer=1, n_head=2, block_size=8, dropout=0.0)).eval()
+def test_generate_rejects_bad_arguments(make_gpt):
+    model = make_gpt(vocab_size=50, n_embd=16, n_layer=1, n_head=2, block_size=8, dropout=0.0)
     x = torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="top_p"):
         model.generate(x, 3, top_p=0)
@@ -157,12 +150,12 @@ def test_repetition_penalty_ignores_padding():
     assert out.tolist() == [[1.0, -2.0, 2.0]]  # token 0 was padding: untouched
 
 
-def test_seeded_generator_reproduces_a_sample():
+def test_seeded_generator_reproduces_a_sample(make_gpt):
     x = random_logits(1)
     a = sample_next(x, 1.0, generator=torch.Generator().manual_seed(7))
     b = sample_next(x, 1.0, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
-    model = GPT(dict(vocab_size=60, n_embd=16, n_layer=1, n_head=2, block_size=16, dropout=0.0)).eval()
+    model = make_gpt(vocab_size=60, n_embd=16, n_layer=1, n_head=2, block_size=16, dropout=0.0)
     idx = torch.zeros(2, 1, dtype=torch.long)
     r1 = model.generate(idx, 10, 1.0, top_k=20, generator=torch.Generator().manual_seed(3))
     r2 = model.generate(idx, 10, 1.0, top_k=20, generator=torch.Generator().manual_seed(3))
@@ -199,10 +192,9 @@ def test_show_token_partial_chinese_as_bytes():
     assert b"".join(bytes.fromhex(p.strip("<>").replace(" ", "")) for p in pieces) == split.encode()
 
 
-def test_trace_records_steps_and_matches_generate():
+def test_trace_records_steps_and_matches_generate(make_gpt):
     enc = get_encoding()
-    torch.manual_seed(0)
-    model = GPT(dict(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=32, dropout=0.0)).eval()
+    model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=32, dropout=0.0)
     tr = generate_with_trace(model, enc, "农夫山泉", 5, temperature=0.9, top_k=4, generator=torch.Generator().manual_seed(1))
     x = torch.tensor([enc.encode("农夫山泉")])
     ref = model.generate(x, 5, 0.9, top_k=4, generator=torch.Generator().manual_seed(1))
@@ -220,7 +212,7 @@ def test_trace_records_steps_and_matches_generate():
 
 
 def test_trace_text_shows_pending_bytes():
-    from course_lib.sampling import _visible_text
+    from course_lib.trace import _visible_text
     enc = get_encoding()
     ids = enc.encode("水鲜虾")
     full = _visible_text(enc, ids)

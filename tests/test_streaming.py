@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.gpt import GPT
-from course_lib.sampling import TextStreamer, generate_ids, generate_stream
+from course_lib.decode import generate_ids
+from course_lib.streaming import TextStreamer, generate_stream
 from course_lib.tokenizer import get_encoding
 
 TEXTS = ["农夫山泉 东方树叶 茉莉花茶 500ml 瓶装 24瓶/箱", "鲜虾鱼板面 🙂😀👍🏽 family: 👨‍👩‍👧", "mixed 中文 and English, 威 ✓"]
@@ -57,10 +57,9 @@ def test_random_token_streams_match_decode():
         assert s.text == enc.decode(ids)
 
 
-def test_generate_stream_equals_generated_tokens():
+def test_generate_stream_equals_generated_tokens(make_gpt):
     enc = get_encoding()
-    torch.manual_seed(0)
-    model = GPT(dict(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=32, dropout=0.0)).eval()
+    model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=32, dropout=0.0)
     pieces: list[str] = []
     text = generate_stream(model, enc, "你好", 25, temperature=1.0, generator=torch.Generator().manual_seed(2),
                            on_text=pieces.append)

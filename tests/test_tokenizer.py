@@ -1,3 +1,5 @@
+"""The offline cl100k_base tokenizer: pinned ids, round trips, partial characters shown as bytes."""
+
 from course_lib.tokenizer import CL100K_VOCAB, get_encoding, show_token
 
 

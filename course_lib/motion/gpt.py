@@ -12,7 +12,6 @@ which crashes the reference decoder.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from torch import nn
 
 from ..checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
 from ..kv_cache import KVCache
-from ..layers import Block, RMSNorm, rope_angles
-from ..sampling import check_sampling_args, filter_logits
+from ..layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
+from ..sampling import SamplingSettings
 
 # Course presets train on a laptop CPU; the seed's LLaMA sizes are listed as configs only.
 PRESETS = {
@@ -80,17 +79,7 @@ class MotionGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, causal=True) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.n_embd)
         self.head = nn.Linear(c.n_embd, c.vocab_size - 1, bias=False)  # codes + END; PAD is never predicted
-        self.apply(self._init)
-        for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "ffn.down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        init_weights(self, c.n_layer)
 
     @property
     def device(self) -> torch.device:
@@ -98,13 +87,9 @@ class MotionGPT(nn.Module):
 
     def _run(self, x: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
         """Blocks over embeddings x (B, T, C) that sit at positions start..start+T-1."""
-        T = x.shape[1]
-        rope = rope_angles(torch.arange(start, start + T, device=x.device), self.head_dim, self.config.rope_theta)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, rope, kv_cache=cache.layer(i) if cache is not None else None)
-        if cache is not None:
-            cache.advance(T)
-        return self.head(self.norm(x))
+        B, T = x.shape[:2]
+        rope = rope_angles(default_positions(B, T, start, device=x.device), self.head_dim, self.config.rope_theta)
+        return self.head(self.norm(run_blocks(self.blocks, x, rope, None, cache)))
 
     def forward(self, idx: torch.Tensor, clip_feature: torch.Tensor) -> torch.Tensor:
         """idx (B, T) tokens after the text, clip_feature (B, clip_dim) -> logits (B, T + 1, nb_code + 1)."""
@@ -128,13 +113,14 @@ class MotionGPT(nn.Module):
                trace: list | None = None) -> list[torch.Tensor]:
         """Sample code sequences for a batch of text features; one (n_i,) tensor per row, END removed.
 
-        Each step: logits of the last position → END masked at step 0 → filter_logits
-        (temperature, top-k) → multinomial (argmax at temperature 0). Rows that produced END
+        Each step: logits of the last position → END masked at step 0 → the text model's sampling
+        step (`SamplingSettings.sample`, i.e. `sample_next`: temperature, top-k, then multinomial,
+        argmax at temperature 0). Rows that produced END
         stop growing; the loop ends when all rows have or at max_tokens. With `trace` (a list),
         row 0's top-5 candidates per step (model probabilities before
         temperature/top-k) are appended to it.
         """
-        check_sampling_args(temperature, top_k)
+        settings = SamplingSettings(temperature, top_k)  # checked once, used every step
         c = self.config
         max_tokens = c.block_size - 1 if max_tokens is None else min(max_tokens, c.block_size - 1)
         B = clip_feature.shape[0]
@@ -149,12 +135,7 @@ class MotionGPT(nn.Module):
             logits = logits.float().clone()
             if step == 0:
                 logits[:, c.end_id] = float("-inf")  # an empty motion is not a motion
-            filtered = filter_logits(logits, temperature, top_k)
-            if temperature == 0:
-                nxt = filtered.argmax(-1)
-            else:
-                probs = filtered.softmax(-1)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(self.device)
+            nxt = settings.sample(logits, generator)[:, 0]
             if trace is not None:
                 p = logits[0].softmax(-1)  # the model's own distribution (END already masked at step 0)
                 top = torch.topk(p, 5)

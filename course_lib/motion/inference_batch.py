@@ -16,9 +16,7 @@ code 2 for a missing prompt file or checkpoint, END never sampled first (no empt
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError
 from ..device import pick_device
+from ..files import atomic_write, atomic_write_text, claim_numbered_folder
 from ..paths import RUNS, display_path
 from .pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
 from .render import save_gif
@@ -35,28 +34,8 @@ MAX_CHARS = 200
 
 
 def claim_folder(root: Path) -> Path:
-    """Create and return root/<largest number + 1>; os.mkdir is atomic, so a race just moves on to the next number."""
-    root.mkdir(parents=True, exist_ok=True)
-    while True:
-        numbers = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-        candidate = root / str(max(numbers, default=-1) + 1)
-        try:
-            os.mkdir(candidate)
-            return candidate
-        except FileExistsError:
-            continue
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Create and return root/<largest number + 1>, claimed atomically (see files.claim_numbered_folder)."""
+    return claim_numbered_folder(root)
 
 
 def check_line(line: str, max_chars: int = MAX_CHARS) -> str | None:
@@ -106,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         pipe = load_pipeline(args.resume_pth, args.resume_trans, args.text_encoder, device)
     except (CheckpointError, RuntimeError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        ap.error(str(exc))  # the one exit-2 path: usage line, "error: ...", exit code 2
     print(f"Loaded VQ-VAE {display_path(args.resume_pth)}, transformer {display_path(args.resume_trans)}, "
           f"text encoder {display_path(args.text_encoder)}")
 
@@ -127,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"line {n}: words the text encoder never saw (treated as <unk>): {', '.join(unknown[:8])}")
         motion = pipe.generate([prompt], temperature=args.temperature, top_k=args.top_k, generator=gen)[0]
         folder = claim_folder(root)
-        _write_atomic(folder / "features.npy", lambda f, m=motion: np.save(f, m.features))
-        _write_atomic(folder / "joints.npy", lambda f, m=motion: np.save(f, m.joints))
-        _write_atomic(folder / "prompt.txt", lambda f, p=prompt: f.write((p + "\n").encode("utf-8")))
+        atomic_write(folder / "features.npy", lambda f, m=motion: np.save(f, m.features))
+        atomic_write(folder / "joints.npy", lambda f, m=motion: np.save(f, m.joints))
+        atomic_write_text(folder / "prompt.txt", prompt + "\n")
         if not args.no_gif:
             save_gif(motion.joints, folder / "motion.gif", title=prompt[:40])
         written.append((n, folder, len(motion.codes)))

@@ -7,8 +7,6 @@ the GIF: no ffmpeg, and none of the mplot3d animation code that broke on newer m
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..files import atomic_write_bytes
 from .skeleton import KINEMATIC_CHAINS
 
 CHAIN_COLORS = ["#d62728", "#1f77b4", "#333333", "#ff7f0e", "#2ca02c"]  # right leg, left leg, spine, right arm, left arm
@@ -109,9 +108,4 @@ def save_gif(joints: np.ndarray, path: str | Path, title: str = "", **kw) -> Pat
     """Write a GIF atomically (temp name in the same folder, then rename)."""
     p = Path(path)
     data = gif_bytes([joints], [title] if title else None, **kw)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, p)
-    return p
+    return atomic_write_bytes(p, data)

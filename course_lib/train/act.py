@@ -39,7 +39,7 @@ def dataset(seed: int, num_train: int, num_test: int) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--batch", type=int, default=256)
@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--out-dir", type=Path, default=ACT_DIR)
     ap.add_argument("--no-manifest", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         ap.error("--steps and --batch must be >= 1")

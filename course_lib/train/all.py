@@ -6,6 +6,7 @@ result only when a recipe changed: every retrain adds the checkpoint's size to g
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import subprocess
 import sys
@@ -15,7 +16,13 @@ import time
 RECIPES = ["text", "act", "motion_vqvae", "motion_classifier", "motion_trans"]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog="python -m course_lib.train.all", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    build_parser().parse_args(argv)
     for name in RECIPES:
         module = f"course_lib.train.{name}"
         if importlib.util.find_spec(module) is None:

@@ -39,7 +39,7 @@ def per_action_accuracy(pred: list[str], true: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vqvae", type=Path, default=VQ_PATH)
     ap.add_argument("--out", type=Path, default=CLS_PATH)
     ap.add_argument("--no-manifest", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     device, gen = setup_run(args)

@@ -69,7 +69,7 @@ def train_text_encoder(captions: list[str], metas: list[dict], iters: int, gen: 
     return tok, model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="course-small")
     ap.add_argument("--iters", type=int, default=2500)
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=TRANS_PATH)
     ap.add_argument("--text-out", type=Path, default=TEXT_PATH)
     ap.add_argument("--no-manifest", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     device, gen = setup_run(args)

@@ -53,7 +53,7 @@ def evaluate(net: VQVAE, norm: Normalizer, feats: list[np.ndarray], device: torc
             "heldout_clips": len(feats)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     add_run_args(ap, seed=1234)
     ap.add_argument("--out", type=Path, default=VQ_PATH)
     ap.add_argument("--no-manifest", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     if args.window % 4 or args.iters < 1:

@@ -1,0 +1,89 @@
+"""Many prompts at once: left padding, an attention mask and per-row positions (chapter 03, seed 003).
+
+`pad_batch` builds the (B, T) ids and mask; `generate_batch` runs the decode loop over chunks of
+prompts, and each row's greedy output equals running that prompt alone (positions come from the
+mask, see `layers.position_ids_from_mask`). `read_prompts` is seed 003's prompt-file mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .decode import encode_prompt, generate_ids
+from .paths import display_path
+from .sampling import check_sampling_args
+from .tokenizer import decode_ids, token_bytes
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file, one per line (seed 003's batch mode); blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {display_path(path)} (expected a text file with one prompt per line)")
+    prompts = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    return [p for p in prompts if p.strip()]
+
+
+def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
+              pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) and attention mask (B, T) for prompts of different lengths.
+
+    side="left" puts the padding before each prompt so every row's last column is its last real
+    token: the next token of every row is read from the same column. side="right" exists to show
+    why that is wrong for generation (the last column of a short row is padding).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    pad_id = enc.eot_token if pad_id is None else pad_id
+    rows = [encode_prompt(enc, p, block_size) for p in prompts]
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+                   top_k: int | None = None, top_p: float | None = None, *, repetition_penalty: float = 1.0,
+                   generator: torch.Generator | None = None, batch_size: int = 16, use_cache: bool = True,
+                   stop: str | None = None, progress: bool = False) -> list[str]:
+    """Completions (new text only) for many prompts, batch_size prompts per forward pass.
+
+    Prompts are left-padded with an attention mask; positions come from the mask, so each row's
+    greedy output equals running that prompt alone. `stop` cuts each completion at the first
+    occurrence of that string (e.g. "\\n" for one listing). progress shows a tqdm bar over prompts.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_sampling_args(temperature, top_k, top_p, max_new_tokens, repetition_penalty)  # before any work
+    from tqdm.auto import tqdm  # imported here: only the batch path needs it
+
+    out: list[str] = []
+    with tqdm(total=len(prompts), disable=not progress, desc="prompts") as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            ids, mask = pad_batch(enc, chunk, model.block_size, side="left")
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            done = torch.zeros(len(chunk), dtype=torch.bool)
+
+            def all_stopped(nxt: torch.Tensor, done: torch.Tensor = done) -> bool:  # every row has produced the stop string: stop early
+                done.logical_or_(torch.tensor([stop.encode() in token_bytes(enc, t) for t in nxt[:, 0].tolist()]))
+                return bool(done.all())
+
+            full = generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
+                                generator=generator, use_cache=use_cache, attention_mask=mask,
+                                stop_when=all_stopped if stop else None)
+            for row in full[:, ids.shape[1]:].tolist():
+                text = decode_ids(enc, row)
+                out.append(text.split(stop)[0] if stop else text)
+            bar.update(len(chunk))
+    return out

@@ -1,5 +1,10 @@
 """The batch CLI (seed 004): numbered folders, bad lines skipped, clear exit code 2 on missing files."""
 
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -76,3 +81,125 @@ def test_missing_prompt_file_or_checkpoint_exits_2(tmp_path, tiny_ckpts, capsys)
         run(prompts, tmp_path / "out", bad)
     assert e.value.code == 2 and f"--resume_pth: checkpoint not found: {tmp_path / 'nope.pth'}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing created on a failed start
+
+
+# --- issue 10: prompts the model cannot read, bad files and arguments, interrupts -------------------------------
+
+def test_unknown_words_reports_other_scripts_and_digits():
+    tok = WordTokenizer.build(["a person walks forward"])
+    assert tok.unknown_words("一个人向前走") == ["一个人向前走"]
+    assert tok.unknown_words("a person 走 forward, twice!") == ["走", "twice"]
+    assert tok.unknown_words("a person walks 2 times") == ["2", "times"]
+    assert tok.known_words("一个人向前走") == [] and tok.known_words("a person walks") == ["a", "person", "walks"]
+
+
+def test_prompt_with_no_known_word_is_skipped_and_listed(tmp_path, tiny_ckpts, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("一个人向前走\na person 走 forward\n", encoding="utf-8")
+    assert run(prompts, tmp_path / "out", tiny_ckpts, "--no_gif") == 0
+    out = capsys.readouterr().out
+    assert "line 1: skipped (no word the text encoder knows in '一个人向前走'" in out.split("Summary:")[1]
+    assert "line 2: words the text encoder cannot read (treated as <unk>): 走" in out
+    assert "Summary: 1 motion(s) written" in out and "line 2 -> " in out and "could not read: 走" in out
+    root = tmp_path / "out" / "exp"
+    assert [p.name for p in root.iterdir()] == ["0"]
+    assert (root / "0" / "prompt.txt").read_text(encoding="utf-8") == "a person 走 forward\n"
+
+
+def _refuses(capsys, fn, *needles):
+    with pytest.raises(SystemExit) as e:
+        fn()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, last
+    return last
+
+
+@pytest.fixture()
+def no_compute(monkeypatch):
+    """Bad input must be refused before any model is loaded."""
+    def boom(*a, **k):
+        raise AssertionError("models were loaded before the input was checked")
+    monkeypatch.setattr(inference_batch, "load_pipeline", boom)
+
+
+@pytest.mark.parametrize("data, needle", [(b"a person walks\n\xff\xfe jumps\n", "is not UTF-8 (byte 0xff at offset 15)"),
+                                          (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks binary")])
+def test_non_utf8_or_binary_prompt_file_exits_2(tmp_path, tiny_ckpts, capsys, no_compute, data, needle):
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(data)
+    _refuses(capsys, lambda: run(prompts, tmp_path / "out", tiny_ckpts), needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_utf8_bom_is_stripped(tmp_path, tiny_ckpts):
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes("a person walks forward\n".encode("utf-8-sig"))
+    assert run(prompts, tmp_path / "out", tiny_ckpts, "--no_gif") == 0
+    assert (tmp_path / "out" / "exp" / "0" / "prompt.txt").read_text(encoding="utf-8") == "a person walks forward\n"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_temperature_exits_2(tmp_path, tiny_ckpts, capsys, no_compute, value):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a person walks\n", encoding="utf-8")
+    _refuses(capsys, lambda: run(prompts, tmp_path / "out", tiny_ckpts, f"--temperature={value}"), "--temperature must be a finite")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/../..", "/tmp"])
+def test_exp_name_that_leaves_out_dir_exits_2(tmp_path, tiny_ckpts, capsys, no_compute, name):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a person walks\n", encoding="utf-8")
+    out = tmp_path / "base" / "out"
+    args = ["--infer_batch_prompt", str(prompts), "--out_dir", str(out), "--exp_name", name, *tiny_ckpts]
+    _refuses(capsys, lambda: inference_batch.main(args), "--exp_name must be a plain folder name inside --out_dir")
+    assert not (tmp_path / "base").exists()
+
+
+def test_output_folder_under_a_file_or_unwritable_exits_2_before_compute(tmp_path, tiny_ckpts, capsys, no_compute):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a person walks\n", encoding="utf-8")
+    (tmp_path / "afile").write_text("x")
+    _refuses(capsys, lambda: run(prompts, tmp_path / "afile" / "sub", tiny_ckpts), "afile is a file, not a folder")
+    _refuses(capsys, lambda: run(prompts, Path("/proc/course_motion_out"), tiny_ckpts), "is not writable")
+
+
+def test_ctrl_c_leaves_only_complete_folders_and_exits_130(tmp_path, tiny_ckpts, capsys, monkeypatch):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a person walks forward\nsomeone jumps twice\na person walks\n", encoding="utf-8")
+    real, calls = inference_batch.save_gif, []
+
+    def interrupted_second_time(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(inference_batch, "save_gif", interrupted_second_time)
+    assert run(prompts, tmp_path / "out", tiny_ckpts) == 130
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
+    root = tmp_path / "out" / "exp"
+    assert [p.name for p in root.iterdir()] == ["0"]  # no temp folder, no numbered folder without its GIF
+    assert (root / "0" / "motion.gif").is_file()
+
+
+def test_numbering_skips_a_plain_file_with_the_next_number(tmp_path):
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "0").write_text("not a folder")
+    result = []
+    t = threading.Thread(target=lambda: result.append(inference_batch.claim_folder(root)), daemon=True)
+    t.start()
+    t.join(5)
+    assert result and result[0].name == "1"
+
+
+def test_cli_subprocess_non_utf8_prompt_file(tmp_path, tiny_ckpts):
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes("一个人向前走\n".encode("gbk"))
+    proc = subprocess.run([sys.executable, "-m", "course_lib.motion.inference_batch", "--infer_batch_prompt", str(prompts),
+                           "--out_dir", str(tmp_path / "out"), *tiny_ckpts], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is not UTF-8" in proc.stderr.strip().splitlines()[-1] and not (tmp_path / "out").exists()

@@ -165,3 +165,16 @@ def test_text_encoder_is_order_aware_and_pads_safely():
     both = enc(ids, mask)
     alone = enc(*tok.batch(["someone waves"]))
     torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-5)  # padding does not leak into the features
+
+
+def test_wilson_interval_and_novel_heldout_captions_are_absent_from_training():
+    from course_lib.motion.data import TRAIN_SEED
+    from course_lib.motion.synth import make_dataset
+    from course_lib.train.motion_trans import novel_heldout, wilson_interval
+
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    train = [c["caption"] for c in make_dataset(6000, TRAIN_SEED)]  # the recipe's training captions
+    prompts, true, distinct = novel_heldout(300, train)
+    assert not set(prompts) & set(train) and len(prompts) == len(true) == 116 and distinct <= 116

@@ -20,8 +20,14 @@ def test_manifest_records_the_measured_quality():
     m = read_manifest()
     vq = m["motion/vqvae.pth"]["metrics"]
     assert vq["mpjpe_pct_body_height"] < 10 and vq["dead_codes"] == 0
-    t2m = m["motion/trans.pth"]["metrics"]["text_to_motion"]["T=1.0"]
-    assert t2m["accuracy"] >= 0.9 and set(t2m["per_action"]) == set(ACTIONS)
+    t2m = m["motion/trans.pth"]["metrics"]["text_to_motion"]
+    measured = {a for a, n in t2m["clips_per_action"].items() if n}
+    assert set(t2m["clips_per_action"]) == set(ACTIONS) and t2m["novel_caption_clips"] >= 280
+    for T in ("T=1.0", "T=2.0", "T=3.0"):
+        r = t2m[T]
+        assert r["n"] == t2m["novel_caption_clips"] and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+        assert set(r["per_action"]) == measured
+    assert t2m["T=1.0"]["ci95"][0] >= 0.9
 
 
 def test_prompt_to_motion_end_to_end():

@@ -3,10 +3,16 @@
     python -m course_lib.motion.inference_batch --infer_batch_prompt assets/motion_prompts.txt \\
         --out_dir runs/motion_batch --exp_name demo
 
-One prompt per line. Each prompt gets a new numbered folder under OUT_DIR/EXP_NAME/ (largest
-existing number + 1, claimed with os.mkdir so two runs never share one) holding
-features.npy (T, 67), joints.npy (T, 22, 3), prompt.txt and motion.gif. Empty and over-long
-lines are reported and skipped; the run goes on and ends with a summary.
+One prompt per line (UTF-8; a BOM is stripped). Each prompt gets a new numbered folder under
+OUT_DIR/EXP_NAME/ (largest existing number + 1) holding features.npy (T, 67), joints.npy
+(T, 22, 3), prompt.txt and motion.gif. The folder is written under a hidden temporary name and
+renamed to its number only when complete, so a Ctrl-C (exit 130) or a crash never leaves a
+numbered folder without its GIF, and two runs never share one. Empty and over-long lines, and
+prompts with no word the text encoder knows (it reads English [a-z] words only, so
+"一个人向前走" would become a lone <unk> and an arbitrary motion), are reported and skipped;
+the run goes on and ends with a summary. Every bad argument (non-UTF-8 prompt file, NaN
+temperature, an --exp_name that leaves --out_dir, an output folder that cannot be created)
+is one message and exit code 2 before any model is loaded.
 
 Fixes over the seed: no hard-coded CUDA (--device auto), folders created even when missing,
 numbering that cannot collide, GIF through Pillow (no ffmpeg), a clear message and exit
@@ -16,7 +22,12 @@ code 2 for a missing prompt file or checkpoint, END never sampled first (no empt
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import shutil
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +36,7 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError
 from ..device import pick_device
-from ..files import atomic_write, atomic_write_text, claim_numbered_folder
+from ..files import atomic_write, claim_numbered_folder
 from ..paths import RUNS, display_path
 from .pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
 from .render import save_gif
@@ -33,9 +44,62 @@ from .render import save_gif
 MAX_CHARS = 200
 
 
+def _next_number(root: Path) -> int:
+    """Largest numbered entry + 1; files count too, so a stray file named "3" is skipped, not looped on."""
+    return max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=-1) + 1
+
+
 def claim_folder(root: Path) -> Path:
     """Create and return root/<largest number + 1>, claimed atomically (see files.claim_numbered_folder)."""
     return claim_numbered_folder(root)
+
+
+def publish_folder(tmp: Path, root: Path) -> Path:
+    """Rename a finished temp folder to root/<largest number + 1>; the number appears only with all its files.
+
+    rename(2) onto an existing non-empty folder or a file fails, so a concurrent run that took
+    the number first just moves us on to the next one.
+    """
+    while True:
+        candidate = root / str(_next_number(root))
+        try:
+            os.rename(tmp, candidate)
+            return candidate
+        except OSError:
+            if not candidate.exists():
+                raise
+            continue
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file (BOM stripped); ValueError naming the fix for binary or non-UTF-8 files."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"prompt file {display_path(path)} looks binary (it contains NUL bytes); "
+                         "pass a UTF-8 text file with one prompt per line")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {display_path(path)} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "save it as UTF-8 and run again") from None
+    return text.splitlines()
+
+
+def check_output_root(root: Path) -> None:
+    """Refuse (ValueError) an output folder that cannot be created, before any compute; creates nothing."""
+    probe = root
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise ValueError(f"output folder {display_path(root)}: {display_path(probe)} is a broken link; pass another --out_dir")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"output folder {display_path(root)} cannot be created: {display_path(probe)} is a file, "
+                         "not a folder; pass another --out_dir")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=probe))
+    except OSError as exc:
+        raise ValueError(f"output folder {display_path(root)} cannot be created: {display_path(probe)} is not writable "
+                         f"({exc.strerror}); pass another --out_dir") from None
 
 
 def check_line(line: str, max_chars: int = MAX_CHARS) -> str | None:
@@ -68,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a Ctrl-C ends with one line and exit code 130 (finished folders stay, the unfinished one is removed)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): every numbered folder written so far is complete; the unfinished one was removed",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     if not args.infer_batch_prompt.is_file():
@@ -77,43 +151,62 @@ def main(argv: list[str] | None = None) -> int:
         if not p.is_file():
             ap.error(f"{flag}: checkpoint not found: {display_path(p)} "
                      "(pass the right file, or rebuild the shipped ones with `make checkpoints`)")
-    if args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or args.max_chars < 1:
-        ap.error("--temperature must be >= 0, --top_k >= 1 and --max_chars >= 1")
-    if not args.exp_name or Path(args.exp_name).name != args.exp_name:
-        ap.error(f"--exp_name must be a plain folder name, got {args.exp_name!r}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        ap.error(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if (args.top_k is not None and args.top_k < 1) or args.max_chars < 1:
+        ap.error("--top_k must be >= 1 and --max_chars >= 1")
+    root = args.out_dir / args.exp_name
+    if (args.exp_name in ("", ".", "..") or Path(args.exp_name).name != args.exp_name
+            or not root.resolve().is_relative_to(args.out_dir.resolve()) or root.resolve() == args.out_dir.resolve()):
+        ap.error(f"--exp_name must be a plain folder name inside --out_dir (like 'demo'), got {args.exp_name!r}")
+    try:
+        lines = read_prompts(args.infer_batch_prompt)
+        check_output_root(root)
+    except (OSError, ValueError) as exc:
+        ap.error(str(exc))
     try:
         device = pick_device(args.device)
         pipe = load_pipeline(args.resume_pth, args.resume_trans, args.text_encoder, device)
     except (CheckpointError, RuntimeError, ValueError) as exc:
-        ap.error(str(exc))  # the one exit-2 path: usage line, "error: ...", exit code 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"Loaded VQ-VAE {display_path(args.resume_pth)}, transformer {display_path(args.resume_trans)}, "
           f"text encoder {display_path(args.text_encoder)}")
 
-    root = args.out_dir / args.exp_name
-    lines = args.infer_batch_prompt.read_text(encoding="utf-8").splitlines()
     gen = torch.Generator().manual_seed(args.seed)
     written, skipped = [], []
     for n, line in enumerate(tqdm(lines, desc="prompts", unit="prompt", disable=args.quiet), start=1):
+        prompt = line.strip()
         why = check_line(line, args.max_chars)
+        if why is None and not pipe.text.tokenizer.known_words(prompt):
+            why = (f"no word the text encoder knows in {prompt[:40]!r}; it reads English words only, "
+                   "e.g. 'a person walks forward'")
         if why:
             skipped.append((n, why))
             tqdm.write(f"line {n}: skipped ({why})")
             continue
-        prompt = line.strip()
         unknown = pipe.text.tokenizer.unknown_words(prompt)
         if unknown:
-            tqdm.write(f"line {n}: words the text encoder never saw (treated as <unk>): {', '.join(unknown[:8])}")
+            tqdm.write(f"line {n}: words the text encoder cannot read (treated as <unk>): {', '.join(unknown[:8])}")
         motion = pipe.generate([prompt], temperature=args.temperature, top_k=args.top_k, generator=gen)[0]
-        folder = claim_folder(root)
-        atomic_write(folder / "features.npy", lambda f, m=motion: np.save(f, m.features))
-        atomic_write(folder / "joints.npy", lambda f, m=motion: np.save(f, m.joints))
-        atomic_write_text(folder / "prompt.txt", prompt + "\n")
-        if not args.no_gif:
-            save_gif(motion.joints, folder / "motion.gif", title=prompt[:40])
-        written.append((n, folder, len(motion.codes)))
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # hidden until complete
+        os.mkdir(tmp)
+        try:
+            atomic_write(tmp / "features.npy", lambda f, m=motion: np.save(f, m.features))
+            atomic_write(tmp / "joints.npy", lambda f, m=motion: np.save(f, m.joints))
+            atomic_write(tmp / "prompt.txt", lambda f, p=prompt: f.write((p + "\n").encode("utf-8")))
+            if not args.no_gif:
+                save_gif(motion.joints, tmp / "motion.gif", title=prompt[:40])
+            folder = publish_folder(tmp, root)
+        except BaseException:  # Ctrl-C or a full disk: no half-written folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        written.append((n, folder, len(motion.codes), unknown))
     print(f"Summary: {len(written)} motion(s) written under {display_path(root)}, {len(skipped)} line(s) skipped.")
-    for n, folder, n_codes in written:
-        print(f"  line {n} -> {display_path(root)}/{folder.name} ({n_codes} codes, {4 * n_codes} frames)")
+    for n, folder, n_codes, unknown in written:
+        note = f"; could not read: {', '.join(unknown[:8])}" if unknown else ""
+        print(f"  line {n} -> {display_path(root)}/{folder.name} ({n_codes} codes, {4 * n_codes} frames{note})")
     for n, why in skipped:
         print(f"  line {n}: skipped ({why})")
     return 0

@@ -30,7 +30,13 @@ MAX_WORDS = 16
 
 
 def words(text: str) -> list[str]:
+    """The words the encoder reads: lower-case [a-z]+ runs; everything else is dropped."""
     return re.findall(r"[a-z]+", text.lower())
+
+
+def _unreadable(chunk: str) -> bool:
+    """A chunk with letters or digits outside a-z (一个人向前走, café, 2): `words()` drops or mangles it."""
+    return any(ch.isalnum() and not ("a" <= ch <= "z") for ch in chunk)
 
 
 class WordTokenizer:
@@ -48,7 +54,18 @@ class WordTokenizer:
         return [self.index.get(w, UNK_ID) for w in words(text)][:MAX_WORDS]
 
     def unknown_words(self, text: str) -> list[str]:
-        return [w for w in words(text) if w not in self.index]
+        """Words the encoder cannot read, in order: [a-z] words outside the vocabulary and chunks in other scripts or digits."""
+        out = []
+        for chunk in text.lower().split():
+            if _unreadable(chunk):
+                out.append(chunk.strip(".,;:!?\"'()[]{}"))
+            else:
+                out += [w for w in words(chunk) if w not in self.index]
+        return out
+
+    def known_words(self, text: str) -> list[str]:
+        """The words that reach the encoder as themselves (not <unk>); none means the prompt carries no meaning."""
+        return [w for w in words(text) if w in self.index]
 
     def batch(self, texts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) padded to the longest text; an empty text becomes a single <unk>."""

@@ -230,18 +230,19 @@ def canonical_form(grids: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.
     against brute force over all 24 relabellings). Keys read the 16 cells as a base-5 number,
     so the smallest key is the lexicographically smallest grid.
     """
-    flat = np.asarray(grids).reshape(len(grids), SIDE * SIDE).astype(np.int64)
+    flat = np.asarray(grids).reshape(len(grids), SIDE * SIDE).astype(np.int8)
     forms, keys = [], []
     for s in range(0, len(flat), chunk):
         moved = flat[s:s + chunk][:, CELL_SYMMETRIES]                              # (n, 128, 16)
-        first = np.stack([np.where((moved == d).any(2), (moved == d).argmax(2), SIDE * SIDE)
-                          for d in range(1, SIDE + 1)], -1)                         # (n, 128, 4) first cell of digit d
-        label = first.argsort(-1, kind="stable").argsort(-1, kind="stable") + 1     # digit d -> its new name
+        hit = np.concatenate([moved == d for d in range(1, SIDE + 1)], -1)            # (n, 128, 4 * 16)
+        first = hit.reshape(*moved.shape[:2], SIDE, SIDE * SIDE)
+        first = np.where(first.any(-1), first.argmax(-1), SIDE * SIDE)               # (n, 128, 4) first cell of digit d
+        label = first.argsort(-1, kind="stable").argsort(-1, kind="stable").astype(np.int8) + 1  # digit d -> new name
         table = np.concatenate([np.zeros_like(label[..., :1]), label], -1)          # blank stays 0
-        relabelled = np.take_along_axis(table, moved, -1)                           # (n, 128, 16)
+        relabelled = np.take_along_axis(table, moved.astype(np.intp), -1)           # (n, 128, 16)
         k = (relabelled.astype(np.float64) @ _POWERS).astype(np.int64)              # exact: 5**16 < 2**53
         best = k.argmin(1)
-        forms.append(relabelled[np.arange(len(k)), best])
+        forms.append(relabelled[np.arange(len(k)), best].astype(np.int64))
         keys.append(k[np.arange(len(k)), best])
     if not forms:
         return np.zeros((0, SIDE * SIDE), np.int64), np.zeros(0, np.int64)

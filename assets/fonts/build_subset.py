@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             names.setName(COURSE_FAMILY, rec.nameID, rec.platformID, rec.platEncID, rec.langID)
         elif rec.nameID == 6:
             names.setName(COURSE_FAMILY.replace(" ", ""), rec.nameID, rec.platformID, rec.platEncID, rec.langID)
+    font.recalcTimestamp = False  # same input, same bytes
     font.save(OUT)
     cmap = font.getBestCmap()
     missing = sorted(c for c in chars if ord(c) not in cmap)

@@ -13,11 +13,34 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib import font_manager
 
+from .paths import ASSETS
 from .tokenizer import show_token
+
+# ============================================================ the course's CJK font (issue 8)
+COURSE_FONT = ASSETS / "fonts" / "NotoSansCJKsc-CourseSubset.ttf"  # OFL; rebuilt by assets/fonts/build_subset.py
+COURSE_FONT_FAMILY = "Noto Sans CJK SC Course Subset"
+
+
+def use_course_font() -> str:
+    """Register the shipped CJK subset and put it after the default font, so 农夫山泉 renders on any machine.
+
+    matplotlib falls back glyph by glyph along `font.family` (e.g. ["sans-serif", ours]): Latin from
+    the default font, Chinese from ours. A generic name alone ("sans-serif") resolves to ONE font.
+    """
+    if COURSE_FONT_FAMILY not in {f.name for f in font_manager.fontManager.ttflist}:
+        font_manager.fontManager.addfont(str(COURSE_FONT))
+    if COURSE_FONT_FAMILY not in plt.rcParams["font.family"]:
+        plt.rcParams["font.family"] = [*plt.rcParams["font.family"], COURSE_FONT_FAMILY]
+    if COURSE_FONT_FAMILY not in plt.rcParams["font.sans-serif"]:
+        plt.rcParams["font.sans-serif"] = [*plt.rcParams["font.sans-serif"], COURSE_FONT_FAMILY]
+    return COURSE_FONT_FAMILY
+
+
+use_course_font()
 
 # ===================================================================== chapter 02: sampling
 
-_CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
+_CJK_FONTS = [COURSE_FONT_FAMILY, "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
               "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS"]
 
 

@@ -59,16 +59,21 @@ def halting_steps(trace: Trace, threshold: float, min_steps: int = 1) -> torch.T
 
 def replay(trace: Trace, threshold: float | None, max_steps: int | None = None, min_steps: int = 1) -> dict[str, float]:
     """Exact accuracy and mean steps of a rule: threshold=None means forced (always max_steps)."""
-    S = max_steps or trace.q_halt.shape[0]
-    sub = Trace(trace.preds[:S], trace.q_halt[:S], trace.q_continue[:S], trace.correct[:S], trace.token_acc[:S])
-    if threshold is None:
-        steps = torch.full((sub.correct.shape[1],), S)
-    else:
-        steps = halting_steps(sub, threshold, min_steps)
+    sub, steps = rule_steps(trace, threshold, max_steps, min_steps)
     idx = (steps - 1)[None]
     return {"exact_accuracy": float(sub.correct.gather(0, idx).float().mean()),
             "accuracy": float(sub.token_acc.gather(0, idx).mean()),
             "steps": float(steps.float().mean())}
+
+
+def rule_steps(trace: Trace, threshold: float | None, max_steps: int | None = None,
+               min_steps: int = 1) -> tuple[Trace, torch.Tensor]:
+    """(the trace cut at max_steps, (N,) halting step of each row), on the trace's device."""
+    S = max_steps or trace.q_halt.shape[0]
+    sub = Trace(trace.preds[:S], trace.q_halt[:S], trace.q_continue[:S], trace.correct[:S], trace.token_acc[:S])
+    if threshold is None:  # created on the trace's device: gathering device tensors with a CPU index fails on a GPU
+        return sub, torch.full((sub.correct.shape[1],), S, device=sub.correct.device)
+    return sub, halting_steps(sub, threshold, min_steps)
 
 
 def accuracy_by_step(trace: Trace) -> list[float]:

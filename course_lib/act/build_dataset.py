@@ -11,8 +11,16 @@ Layout (like the reference's puzzle datasets, one set called "all"):
     DIR/{train,test}/all__puzzle_identifiers.npy   (N,) index into identifiers.json
     DIR/{train,test}/all__blanks.npy      (N,) number of blanks (the difficulty)
 
-The same seed always gives the same files. Test puzzles never appear in train, not even as an
-augmented copy (puzzles are compared in a canonical form over all 8 × 24 variants).
+The same seed always gives the same files.
+
+Held out means held out: a test puzzle that is a training puzzle in disguise — the same up to
+any of the 3072 Sudoku symmetries (digit relabelling, row/band/column/stack swaps, transpose;
+see `puzzles.canonical_form`) — is removed from the test split, and so are repeats within it.
+`--exclude-train DIR` also removes puzzles equivalent to the training split of another dataset
+(a test set from a different seed is NOT held out by itself: 494 of seed 777's first 500 draws
+are seed 0 training puzzles in disguise). `--unseen-classes` builds the test split instead from
+the puzzle classes no training puzzle belongs to (4x4 Sudoku has only 4,628 classes with 4-12
+blanks). test/dataset.json records how many candidates were drawn and removed.
 """
 
 from __future__ import annotations
@@ -34,8 +42,12 @@ from . import puzzles as P
 PERMS = list(itertools.permutations(range(1, P.SIDE + 1)))
 
 
-def canonical_keys(grids: np.ndarray) -> np.ndarray:
-    """One int64 per puzzle, equal for two puzzles iff one is an augmented copy of the other."""
+def augmentation_keys(grids: np.ndarray) -> np.ndarray:
+    """One int64 per puzzle, equal iff one is an augmented copy (8 dihedral × 24 digit orders) of the other.
+
+    Only used while drawing puzzles, so that the shipped checkpoint's training set stays
+    reproducible; the held-out rule uses the full symmetry group (`puzzles.canonical_keys`).
+    """
     idx = np.arange(P.SIDE * P.SIDE).reshape(P.SIDE, P.SIDE)
     dihedral_idx = np.stack([P.dihedral(idx, t).ravel() for t in range(8)])          # (8, 16)
     tables = np.array([(0, *p) for p in PERMS])                                         # (24, 5)
@@ -46,6 +58,36 @@ def canonical_keys(grids: np.ndarray) -> np.ndarray:
     return (variants.astype(np.int64) @ powers).min(axis=(0, 2))
 
 
+def train_keys(folder: Path) -> set[int]:
+    """Canonical keys of every puzzle in the train split of a dataset folder."""
+    inputs = np.load(Path(folder) / "train" / "all__inputs.npy")
+    return set(P.canonical_keys(P.grids_of(inputs)).tolist())
+
+
+def held_out(bases, seen: set[int]) -> tuple[list[bool], int, int]:
+    """keep[i] for each test puzzle: not equivalent to a training puzzle nor to an earlier test puzzle."""
+    keys = P.canonical_keys(np.stack([b[0] for b in bases])) if bases else np.zeros(0, np.int64)
+    keep, in_train, repeats, kept = [], 0, 0, set()
+    for k in keys.tolist():
+        in_train += k in seen
+        repeats += k not in seen and k in kept
+        keep.append(k not in seen and k not in kept)
+        kept.add(k)
+    return keep, in_train, repeats
+
+
+def unseen_class_bases(rng: np.random.Generator, n: int, seen: set[int]) -> tuple[list, int]:
+    """n puzzles (in random order and random disguise) from classes no training puzzle belongs to."""
+    forms, keys = P.puzzle_classes()
+    free = np.flatnonzero(~np.isin(keys, np.fromiter(seen, np.int64, len(seen))))
+    out = []
+    for i in rng.permutation(free)[:n]:
+        cells = P.CELL_SYMMETRIES[rng.integers(len(P.CELL_SYMMETRIES))]
+        puzzle = P.permute_digits(forms[i].ravel()[cells].reshape(P.SIDE, P.SIDE), PERMS[rng.integers(len(PERMS))])
+        out.append((puzzle, P.solve(puzzle), int(keys[i])))
+    return out, len(free)
+
+
 def generate_bases(rng: np.random.Generator, n: int, exclude: set[int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """n puzzles (puzzle, solution, canonical key), blanks uniform in MIN..MAX, no duplicates, none in `exclude`."""
     out, seen = [], set(exclude)
@@ -54,7 +96,7 @@ def generate_bases(rng: np.random.Generator, n: int, exclude: set[int]) -> list[
         made = P.make_puzzle(rng, blanks)
         if made is None:
             continue
-        key = int(canonical_keys(made[0][None])[0])
+        key = int(augmentation_keys(made[0][None])[0])
         if key in seen:
             continue
         seen.add(key)
@@ -63,7 +105,11 @@ def generate_bases(rng: np.random.Generator, n: int, exclude: set[int]) -> list[
 
 
 def write_split(folder: Path, split: str, bases, num_aug: int, rng: np.random.Generator,
-                names: list[str], seed: int) -> None:
+                names: list[str], seed: int, keep: list[bool] | None = None, extra: dict | None = None) -> None:
+    """Write `bases` with their augmented copies; rows of puzzles with keep=False are drawn, then dropped.
+
+    Drawing the copies of dropped puzzles too keeps every kept row identical to the undeduplicated build.
+    """
     inputs, labels, ids, blanks = [], [], [], []
     for i, (puzzle, sol, _) in enumerate(bases):
         base = f"{split}{i:05d}"
@@ -72,6 +118,8 @@ def write_split(folder: Path, split: str, bases, num_aug: int, rng: np.random.Ge
             v = (int(rng.integers(8)), PERMS[int(rng.integers(len(PERMS)))])
             if v not in variants:
                 variants.append(v)
+        if keep is not None and not keep[i]:
+            continue
         for tid, perm in variants:
             inputs.append(P.encode(P.augment(puzzle, tid, perm)))
             labels.append(P.encode(P.augment(sol, tid, perm)))
@@ -86,27 +134,49 @@ def write_split(folder: Path, split: str, bases, num_aug: int, rng: np.random.Ge
     np.save(d / "all__puzzle_identifiers.npy", np.array(ids, dtype=np.int32))
     np.save(d / "all__blanks.npy", np.array(blanks, dtype=np.int32))
     meta = {"seq_len": P.SEQ_LEN, "vocab_size": P.VOCAB_SIZE, "pad_id": P.PAD, "eos_id": P.EOS,
-            "symbol0_id": P.SYMBOL0, "side": P.SIDE, "sets": ["all"], "num_puzzles": len(bases),
+            "symbol0_id": P.SYMBOL0, "side": P.SIDE, "sets": ["all"], "num_puzzles": len(inputs) // (1 + num_aug),
             "num_examples": len(inputs), "num_aug": num_aug, "seed": seed,
-            "blanks_range": [P.MIN_BLANKS, P.MAX_BLANKS]}
+            "blanks_range": [P.MIN_BLANKS, P.MAX_BLANKS], **(extra or {})}
     (d / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 3, test_aug: int = 3) -> Path:
-    """Build both splits into a temporary folder, then rename it to `out` (never half-written)."""
+def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 3, test_aug: int = 3,
+          exclude_train: tuple[Path, ...] | list[Path] = (), unseen_classes: bool = False) -> Path:
+    """Build both splits into a temporary folder, then rename it to `out` (never half-written).
+
+    The test split drops every puzzle equivalent (under the 3072 symmetries) to a puzzle of this
+    train split or of the train split of any `exclude_train` folder; with `unseen_classes` it is
+    drawn from the puzzle classes none of those training sets touches.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{display_path(out)} already exists and is not empty; pick a new --out folder")
+    for d in exclude_train:
+        if not (Path(d) / "train" / "all__inputs.npy").exists():
+            raise FileNotFoundError(f"--exclude-train {display_path(d)} has no train split; build that dataset first")
     rng = np.random.default_rng(seed)
-    # Test first, so the test set of a given seed does not depend on --num-train.
+    # Test first, so the test candidates of a given seed do not depend on --num-train.
     test = generate_bases(rng, num_test, set())
     train = generate_bases(rng, num_train, {k for _, _, k in test})
+    seen = set(P.canonical_keys(np.stack([b[0] for b in train])).tolist()) if train else set()
+    for d in exclude_train:
+        seen |= train_keys(d)
+    extra = {"held_out_rule": "no test puzzle equals a training puzzle up to the 3072 Sudoku symmetries",
+             "excluded_train_sets": ["this dataset", *(display_path(Path(d)) for d in exclude_train)]}
+    if unseen_classes:
+        test, free = unseen_class_bases(np.random.default_rng([seed, 3]), num_test, seen)
+        keep = None
+        extra |= {"selection": "puzzle classes absent from the training sets", "unseen_classes_available": free}
+    else:
+        keep, in_train, repeats = held_out(test, seen)
+        extra |= {"selection": "random draws, deduplicated", "num_candidates": len(test),
+                  "removed_equivalent_to_train": in_train, "removed_repeats": repeats}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         names = ["<blank>"]
         write_split(tmp, "train", train, train_aug, np.random.default_rng([seed, 1]), names, seed)
-        write_split(tmp, "test", test, test_aug, np.random.default_rng([seed, 2]), names, seed)
+        write_split(tmp, "test", test, test_aug, np.random.default_rng([seed, 2]), names, seed, keep, extra)
         (tmp / "identifiers.json").write_text(json.dumps(names) + "\n")
         if out.exists():
             out.rmdir()
@@ -125,7 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-test", type=int, default=400, help="original test puzzles (default 400)")
     ap.add_argument("--train-aug", type=int, default=3, help="augmented copies per training puzzle (default 3)")
     ap.add_argument("--test-aug", type=int, default=3, help="augmented copies per test puzzle (default 3)")
+    ap.add_argument("--exclude-train", type=Path, action="append", default=[], metavar="DIR",
+                    help="also drop test puzzles equivalent to the train split of this dataset folder (repeatable)")
+    ap.add_argument("--unseen-classes", action="store_true",
+                    help="test split = puzzle classes no training puzzle belongs to, instead of deduplicated random draws")
     args = ap.parse_args(argv)
+    for d in args.exclude_train:
+        if not (d / "train" / "all__inputs.npy").exists():
+            ap.error(f"--exclude-train {display_path(d)} is not a dataset folder with a train split; build it first")
     if args.seed < 0:
         ap.error("--seed must be >= 0")
     if args.num_train < 0 or args.num_test < 1:
@@ -134,10 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--train-aug and --test-aug must be in 0..191 (8 dihedral x 24 digit permutations, minus identity)")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         ap.error(f"--out {display_path(args.out)} already exists; pick a new folder (runs are never overwritten)")
-    out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug)
+    out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug,
+                args.exclude_train, args.unseen_classes)
     for split in ("train", "test"):
         meta = json.loads((out / split / "dataset.json").read_text())
         print(f"{split}: {meta['num_puzzles']} puzzles, {meta['num_examples']} examples -> {display_path(out / split)}")
+    if "num_candidates" in meta:
+        print(f"test: {meta['num_candidates']} drawn, {meta['removed_equivalent_to_train']} removed as training puzzles "
+              f"in disguise, {meta['removed_repeats']} as repeats")
     return 0
 
 

@@ -26,9 +26,9 @@ import torch
 from ..checkpoints import CheckpointError
 from ..device import pick_device
 from ..paths import RUNS, display_path
+from .arc_evaluator import ARCEvaluator
 from .checkpoint import load_reasoner, step_of
 from .data import DataError, load_split
-from .evaluator import ARCEvaluator
 from .halting import run_dynamic, run_forced
 from .loss import METRIC_NAMES, ACTLossHead
 

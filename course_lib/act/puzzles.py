@@ -175,6 +175,127 @@ def make_puzzle(rng: np.random.Generator, blanks: int) -> tuple[np.ndarray, np.n
     return None
 
 
+# ----------------------------------------------------------------------------- symmetries
+# Every change that maps any valid 4×4 Sudoku to a valid one (the test set's "same puzzle" rule):
+# relabel the digits (4! ways), swap the two rows of a band, swap the two bands, the same for
+# columns and stacks, and transpose. Together they generate 8 row orders × 8 column orders × 2
+# (transpose or not) = 128 rearrangements of the 16 cells, times 24 relabellings = 3072; the
+# 8 rotations/reflections the augmenter uses are among them. A rearrangement is an index array
+# `perm` of the 16 cells: the moved grid is `flat[perm]`.
+def _swap(kind: str, a: int, b: int) -> np.ndarray:
+    idx = np.arange(SIDE * SIDE).reshape(SIDE, SIDE)
+    order = np.arange(SIDE)
+    order[[a, b]] = order[[b, a]]
+    return (idx[order] if kind == "rows" else idx[:, order]).ravel()
+
+
+SYMMETRY_GENERATORS: dict[str, np.ndarray] = {
+    "transpose": np.arange(SIDE * SIDE).reshape(SIDE, SIDE).T.ravel(),
+    "swap rows 0,1": _swap("rows", 0, 1),
+    "swap rows 2,3": _swap("rows", 2, 3),
+    "swap bands": _swap("rows", 0, 2)[_swap("rows", 1, 3)],
+    "swap columns 0,1": _swap("cols", 0, 1),
+    "swap columns 2,3": _swap("cols", 2, 3),
+    "swap stacks": _swap("cols", 0, 2)[_swap("cols", 1, 3)],
+}
+DIGIT_GENERATORS: tuple[tuple[int, ...], ...] = ((2, 1, 3, 4), (2, 3, 4, 1))  # a swap and a 4-cycle generate all 24
+
+
+def _closure(generators) -> np.ndarray:
+    """All compositions of the generating rearrangements, as a (G, 16) array (breadth-first, sorted)."""
+    start = tuple(range(SIDE * SIDE))
+    group, frontier = {start}, [start]
+    while frontier:
+        new = []
+        for g in frontier:
+            for h in generators:
+                c = tuple(np.asarray(g)[h])  # first g, then h
+                if c not in group:
+                    group.add(c)
+                    new.append(c)
+        frontier = new
+    return np.array(sorted(group))
+
+
+CELL_SYMMETRIES = _closure(SYMMETRY_GENERATORS.values())  # (128, 16)
+_POWERS = (NUM_SYMBOLS ** np.arange(SIDE * SIDE - 1, -1, -1)).astype(np.float64)
+
+
+def canonical_form(grids: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest variant of each grid over all 3072 symmetries -> (forms (N, 16), keys (N,) int64).
+
+    Two puzzles are the same puzzle in disguise iff their keys are equal. Vectorised: all 128 cell
+    rearrangements at once; for each, the smallest digit relabelling is found directly — name
+    the digits 1, 2, 3, 4 in the order they first appear in reading order (a test checks this
+    against brute force over all 24 relabellings). Keys read the 16 cells as a base-5 number,
+    so the smallest key is the lexicographically smallest grid.
+    """
+    flat = np.asarray(grids).reshape(len(grids), SIDE * SIDE).astype(np.int8)
+    forms, keys = [], []
+    for s in range(0, len(flat), chunk):
+        moved = flat[s:s + chunk][:, CELL_SYMMETRIES]                              # (n, 128, 16)
+        hit = np.concatenate([moved == d for d in range(1, SIDE + 1)], -1)            # (n, 128, 4 * 16)
+        first = hit.reshape(*moved.shape[:2], SIDE, SIDE * SIDE)
+        first = np.where(first.any(-1), first.argmax(-1), SIDE * SIDE)               # (n, 128, 4) first cell of digit d
+        label = first.argsort(-1, kind="stable").argsort(-1, kind="stable").astype(np.int8) + 1  # digit d -> new name
+        table = np.concatenate([np.zeros_like(label[..., :1]), label], -1)          # blank stays 0
+        relabelled = np.take_along_axis(table, moved.astype(np.intp), -1)           # (n, 128, 16)
+        k = (relabelled.astype(np.float64) @ _POWERS).astype(np.int64)              # exact: 5**16 < 2**53
+        best = k.argmin(1)
+        forms.append(relabelled[np.arange(len(k)), best].astype(np.int64))
+        keys.append(k[np.arange(len(k)), best])
+    if not forms:
+        return np.zeros((0, SIDE * SIDE), np.int64), np.zeros(0, np.int64)
+    return np.concatenate(forms), np.concatenate(keys)
+
+
+def canonical_keys(grids: np.ndarray) -> np.ndarray:
+    """(N,) int64, equal for two grids iff one is a symmetry (of the 3072) of the other."""
+    return canonical_form(grids)[1]
+
+
+def puzzle_classes(min_blanks: int = MIN_BLANKS, max_blanks: int = MAX_BLANKS) -> tuple[np.ndarray, np.ndarray]:
+    """Every puzzle with a unique solution, up to symmetry -> (canonical grids (C, 4, 4), keys (C,)), sorted by key.
+
+    Why it is small enough to list: every solved grid is a symmetry of one of only two solved
+    grids, so every puzzle is a symmetry of one of those two with some cells blanked. With 4 to
+    12 blanks there are 4,628 classes — few enough that a 20,000-puzzle training set covers
+    almost all of them, which is why a held-out set must be checked, not assumed.
+    """
+    sols = solutions().reshape(len(solutions()), -1)
+    reps = sols[np.unique(canonical_keys(sols), return_index=True)[1]]             # (2, 16)
+    bits = 1 << np.arange(SIDE * SIDE)
+    masks = np.arange(1 << (SIDE * SIDE))                                            # bit i set = cell i given
+    blanks = SIDE * SIDE - ((masks[:, None] & bits) != 0).sum(1)
+    masks = masks[(blanks >= min_blanks) & (blanks <= max_blanks)]
+    puzzles = []
+    for rep in reps:
+        differs = ((sols != rep) * bits).sum(1)                                      # cells where each grid differs
+        differs = differs[differs != 0]
+        unique = ((masks[:, None] & differs[None]) != 0).all(1)                      # every other grid breaks a given
+        givens = (masks[unique][:, None] & bits) != 0
+        puzzles.append(np.where(givens, rep, 0))
+    forms, keys = canonical_form(np.concatenate(puzzles))
+    keys, first = np.unique(keys, return_index=True)
+    return forms[first].reshape(-1, SIDE, SIDE), keys
+
+
+def solve(puzzle: np.ndarray) -> np.ndarray:
+    """The solved grid that agrees with the givens (the first one if there are several)."""
+    flat = solutions().reshape(len(solutions()), -1)
+    p = np.asarray(puzzle).ravel()
+    ok = (flat[:, p > 0] == p[p > 0]).all(1)
+    if not ok.any():
+        raise ValueError("this puzzle has no solution")
+    return flat[ok.argmax()].reshape(SIDE, SIDE)
+
+
+def grids_of(tokens: np.ndarray) -> np.ndarray:
+    """(N, 25) canvases -> (N, 4, 4) symbol grids (0 blank, 1..4), the inverse of `encode` row by row."""
+    t = np.asarray(tokens).reshape(-1, CANVAS, CANVAS)[:, :SIDE, :SIDE]
+    return (t - SYMBOL0).astype(np.int64)
+
+
 # ------------------------------------------------------------------------------- encoding
 def encode(grid: np.ndarray) -> np.ndarray:
     """A 4×4 grid of symbols (0 blank, 1..4) -> 25 tokens on an EOS-bordered 5×5 canvas."""

@@ -1,11 +1,20 @@
 """Recipe for the shipped ACT reasoner: `python -m course_lib.train.act`.
 
-Builds the 4×4 Sudoku datasets (train/test from seed 0, plus a test set from seed 777 that is
-never used for training or model selection), trains the reasoner HRM-style — a persistent carry
+Builds the 4×4 Sudoku datasets (train/test from seed 0), trains the reasoner HRM-style — a persistent carry
 across batches, so halted rows pick up fresh puzzles while the others keep thinking, a loss
 at every ACT step ("deep supervision"), exploration on the Q head — and saves the reference's
 layout: `checkpoints/act/step_N` (the state dict) with `all_config.json` beside it.
-Forced-mode metrics on both test sets and dynamic-halting savings go to MANIFEST.json.
+Then it scores the saved weights on three test sets, none of which holds a training puzzle in
+disguise (equal up to the 3072 Sudoku symmetries, `act.puzzles.canonical_form`), forced and
+dynamic, with 95% Wilson intervals, and writes them to MANIFEST.json:
+- `dedup_test_seed_0`: seed 0's 500 test draws minus the ones equivalent to a training puzzle;
+- `dedup_test_seed_777`: 500 draws from seed 777 minus the ones equivalent to a seed 0 training puzzle
+  (before the check this set was called "unseen"; 494 of its 500 puzzles are training puzzles in disguise);
+- `unseen_classes_test`: every puzzle class (of 4,628) that no training puzzle belongs to.
+4x4 Sudoku is so small that 20,000 training puzzles cover almost every class, so the held-out
+sets are small and their intervals wide; the MANIFEST says so.
+
+    python -m course_lib.train.act --measure-only   # re-score the shipped weights, update MANIFEST metrics
 """
 
 from __future__ import annotations
@@ -16,13 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..act.build_dataset import build
+from ..act import puzzles as P
+from ..act.build_dataset import build, train_keys
 from ..act.data import load_split
-from ..act.evaluate import evaluate_set
 from ..act.loss import ACTLossHead
 from ..act.model import DEFAULT_CONFIG, ACTReasoner
+from ..act.split_metrics import evaluate_set, score_with_intervals
 from ..checkpoints import atomic_save, update_manifest, write_json_atomic
 from ..paths import CHECKPOINTS, RUNS, display_path
 from .common import add_run_args, setup_run
@@ -31,12 +42,54 @@ TRAIN_SEED, UNSEEN_SEED = 0, 777
 ACT_DIR = CHECKPOINTS / "act"
 
 
-def dataset(seed: int, num_train: int, num_test: int) -> Path:
-    """Build (once) and return runs/act_data/seed{seed}_{num_train}_{num_test}; deterministic for the seed."""
-    out = RUNS / "act_data" / f"seed{seed}_{num_train}_{num_test}"
+def dataset(seed: int, num_train: int, num_test: int, exclude_train: Path | None = None,
+            unseen_classes: bool = False) -> Path:
+    """Build (once) and return a folder under runs/act_data/ named after its options; deterministic for the seed."""
+    name = f"seed{seed}_{num_train}_{num_test}_dedup"
+    if exclude_train is not None:
+        name += f"_vs_{exclude_train.name}"
+    if unseen_classes:
+        name += "_unseen_classes"
+    out = RUNS / "act_data" / name
     if not (out / "identifiers.json").exists():
-        build(out, seed, num_train, num_test)
+        build(out, seed, num_train, num_test, exclude_train=[exclude_train] if exclude_train else [],
+              unseen_classes=unseen_classes)
     return out
+
+
+def heldout_sets(train_dir: Path, num_test: int = 500) -> dict[str, Path]:
+    """The three test sets of the module docstring, as folders."""
+    return {"dedup_test_seed_0": train_dir,
+            f"dedup_test_seed_{UNSEEN_SEED}": dataset(UNSEEN_SEED, 0, num_test, exclude_train=train_dir),
+            "unseen_classes_test": dataset(UNSEEN_SEED, 0, 5000, exclude_train=train_dir, unseen_classes=True)}
+
+
+def measure(model: ACTReasoner, train_dir: Path, device) -> dict:
+    """MANIFEST metrics of the weights as saved: every held-out set, forced and dynamic, with intervals."""
+    results = {}
+    for name, folder in heldout_sets(train_dir).items():
+        pset = load_split(folder, "test")
+        r = score_with_intervals(model, pset, device=device)
+        meta = pset.meta
+        r["built_from"] = {k: meta[k] for k in ("seed", "selection", "num_candidates", "removed_equivalent_to_train",
+                                                 "removed_repeats", "unseen_classes_available") if k in meta}
+        results[name] = r
+        print(f"{name}: {r['puzzles']} puzzles  forced exact {r['forced']['exact_accuracy']:.4f} "
+              f"{r['forced']['exact_accuracy_ci95']}  dynamic exact {r['dynamic']['exact_accuracy']:.4f} "
+              f"{r['dynamic']['exact_accuracy_ci95']}  steps {r['forced']['steps']:.2f} -> {r['dynamic']['steps']:.2f}")
+    classes = P.puzzle_classes()[1]
+    seen = train_keys(train_dir)
+    return {
+        "held_out_rule": "no test puzzle equals a training puzzle up to the 3072 Sudoku symmetries "
+                         "(course_lib.act.puzzles.canonical_form); ci95 = Wilson interval with n = puzzles, "
+                         "since the 4 augmented copies of a puzzle are not independent",
+        "puzzle_classes": len(classes), "puzzle_classes_in_train": int(np.isin(classes, list(seen)).sum()),
+        "heldout_exact_accuracy_forced": results["unseen_classes_test"]["forced"]["exact_accuracy"],
+        "heldout_exact_accuracy_dynamic": results["unseen_classes_test"]["dynamic"]["exact_accuracy"],
+        "heldout_puzzles": results["unseen_classes_test"]["puzzles"],
+        "dynamic_steps_saved": results["unseen_classes_test"]["steps_saved"],
+        **results,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--out-dir", type=Path, default=ACT_DIR)
     ap.add_argument("--no-manifest", action="store_true")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="do not train: re-score OUT_DIR/step_STEPS and update its MANIFEST metrics (the file is untouched)")
     return ap
 
 
@@ -67,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     device, gen = setup_run(args)
     data_dir = dataset(args.seed, args.num_train, args.num_test)
-    unseen_dir = dataset(UNSEEN_SEED, 0, args.num_test)
-    train, test, unseen = load_split(data_dir, "train"), load_split(data_dir, "test"), load_split(unseen_dir, "test")
-    print(f"train examples: {len(train):,}  test: {len(test):,}  unseen-seed test: {len(unseen):,}")
+    if args.measure_only:
+        return measure_only(args.out_dir / f"step_{args.steps}", data_dir, device, args.no_manifest)
+    train, test = load_split(data_dir, "train"), load_split(data_dir, "test")
+    print(f"train examples: {len(train):,}  test (deduplicated): {len(test):,}")
 
     config = {**DEFAULT_CONFIG, "hidden_size": args.hidden, "halt_max_steps": args.halt_max_steps,
               "halt_exploration_prob": args.exploration}
@@ -125,32 +181,38 @@ def main(argv: list[str] | None = None) -> int:
     # Measure on the weights as saved.
     from ..act.checkpoint import load_reasoner
     model = load_reasoner(ckpt, device)
-    results = {}
-    for name, pset in (("test", test), ("unseen_seed_test", unseen)):
-        forced = evaluate_set(model, pset, device=device)
-        dynamic = evaluate_set(model, pset, halting="dynamic", device=device)
-        results[name] = {"forced": {k: round(v, 4) for k, v in forced.items()},
-                         "dynamic": {k: round(v, 4) for k, v in dynamic.items()},
-                         "steps_saved": round(1 - dynamic["steps"] / forced["steps"], 4)}
-        print(f"{name}: forced exact {forced['exact_accuracy']:.4f}  dynamic exact {dynamic['exact_accuracy']:.4f}  "
-              f"steps {forced['steps']:.2f} -> {dynamic['steps']:.2f}")
+    metrics = measure(model, data_dir, device)
     print(f"train time: {train_seconds:.0f}s  saved {display_path(ckpt)}")
-    summary = {"train_seconds": round(train_seconds, 1), "results": results, "eval_log": log}
+    summary = {"train_seconds": round(train_seconds, 1), "metrics": metrics, "eval_log": log}
     write_json_atomic(summary, RUNS / f"act_train_{args.out_dir.name}_summary.json")
     if not args.no_manifest:
         cmd = "python -m course_lib.train.act " + " ".join(argv if argv is not None else sys.argv[1:])
         update_manifest(ckpt, {
-            "recipe": cmd.strip(), "seed": args.seed, "unseen_test_seed": UNSEEN_SEED,
+            "recipe": cmd.strip(), "seed": args.seed, "heldout_test_seed": UNSEEN_SEED,
             "train_seconds": round(train_seconds, 1), "params": model.num_params(), "config": config,
-            "data": {"num_train_puzzles": args.num_train, "num_test_puzzles": args.num_test, "augment": 3},
-            "metrics": {
-                "test_exact_accuracy_forced": results["test"]["forced"]["exact_accuracy"],
-                "unseen_seed_exact_accuracy_forced": results["unseen_seed_test"]["forced"]["exact_accuracy"],
-                "test_exact_accuracy_dynamic": results["test"]["dynamic"]["exact_accuracy"],
-                "dynamic_steps_saved": results["test"]["steps_saved"],
-                "test": results["test"], "unseen_seed_test": results["unseen_seed_test"],
-            },
+            "data": {"num_train_puzzles": args.num_train, "num_test_candidates": args.num_test, "augment": 3},
+            "metrics": metrics,
         })
+    return 0
+
+
+def measure_only(ckpt: Path, data_dir: Path, device, no_manifest: bool) -> int:
+    """Re-score shipped weights on the held-out sets; keep the MANIFEST entry's other fields."""
+    from ..act.checkpoint import load_reasoner
+    from ..checkpoints import manifest_key, read_manifest
+    if not ckpt.exists():
+        print(f"error: checkpoint not found: {display_path(ckpt)}; pass the --steps it was trained for", file=sys.stderr)
+        return 2
+    metrics = measure(load_reasoner(ckpt, device), data_dir, device)
+    if not no_manifest:
+        entry = read_manifest().get(manifest_key(ckpt), {})
+        entry.pop("unseen_test_seed", None)
+        entry["heldout_test_seed"] = UNSEEN_SEED
+        entry.setdefault("data", {}).pop("num_test_puzzles", None)
+        entry["data"]["num_test_candidates"] = 500
+        entry["measure_command"] = "python -m course_lib.train.act --measure-only"
+        update_manifest(ckpt, {**entry, "metrics": metrics})
+        print(f"updated MANIFEST metrics of {display_path(ckpt)}")
     return 0
 
 

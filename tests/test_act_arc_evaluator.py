@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from course_lib.act import puzzles as P
-from course_lib.act.evaluator import ARCEvaluator, Candidate, pass_at_k, rank
+from course_lib.act.arc_evaluator import ARCEvaluator, Candidate, pass_at_k, rank
 
 SOL = P.solutions()[0]
 WRONG = P.solutions()[1]
@@ -104,3 +104,12 @@ def test_result_needs_labels():
     ev.update(preds, ids, qs)
     with pytest.raises(ValueError, match="labels"):
         ev.result()
+
+
+def test_wilson_interval_known_values():
+    from course_lib.act.split_metrics import wilson_interval
+    lo, hi = wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(1.0, 6)[1] == pytest.approx(1.0) and wilson_interval(1.0, 6)[0] == pytest.approx(0.6097, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(0.5, 0)

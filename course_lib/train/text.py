@@ -141,7 +141,7 @@ def report(m: dict) -> None:
         print(f"  {brand}: {r:.2f}  e.g. {m['examples'][brand]}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=4)
@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="skip training: re-measure the weights at --out (with the recorded --lines/--seed) and update the MANIFEST")
     ap.add_argument("--no-manifest", action="store_true", help="do not record the result in MANIFEST.json")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.lines < EVAL_LINES or not 1 <= args.seq_len <= DEFAULT_H_PARAMS["block_size"]:
         ap.error(f"--steps and --batch must be >= 1, --lines >= {EVAL_LINES} and --seq-len in [1, {DEFAULT_H_PARAMS['block_size']}]")

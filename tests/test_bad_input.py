@@ -1,0 +1,228 @@
+"""Hostile input (issue 10): every case ends in one clear message (CLIs: exit 2) — never a raw
+traceback, a silent overwrite, mixed results, or an unsafe pickle misreported as corruption."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from course_lib.paths import REPO_ROOT
+
+
+def run_module(module: str, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+class _Reduce:
+    """Pickles as a call of f(*args): the classic payload."""
+
+    def __init__(self, f, args):
+        self.f, self.args = f, args
+
+    def __reduce__(self):
+        return self.f, self.args
+
+
+class Custom:
+    pass
+
+
+PAYLOADS = {
+    "os.system": (lambda: _Reduce(os.system, ("echo pwned",)), "system"),
+    "builtins.eval": (lambda: _Reduce(builtins.eval, ("1 + 1",)), "eval"),
+    "subprocess.Popen": (lambda: _Reduce(subprocess.Popen, (["true"],)), "Popen"),
+    "custom class": (lambda: Custom(), "Custom"),
+    "numpy array": (lambda: np.arange(3), "numpy"),
+}
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_unsafe_payloads_are_named_unsafe_with_their_global(tmp_path, payload, zip_format):
+    make, needle = PAYLOADS[payload]
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": make()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "refused to load" in msg and "execute code" in msg and "corrupted" not in msg, msg
+    assert needle in msg.split("(found ")[1].split(")")[0], msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("first", range(256))
+def test_any_first_byte_gives_a_checkpoint_error(tmp_path, first):
+    for tail in (b"hello, this is a text file\nline 2\n", b"\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9"):
+        path = tmp_path / "x.pt"
+        path.write_bytes(bytes([first]) + tail)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path)
+
+
+def test_text_file_is_named_as_text(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are my notes, not weights\n")
+    with pytest.raises(CheckpointError, match=r"not a torch checkpoint: it is a text file starting with 'these are"):
+        load_checkpoint(path)
+
+
+def test_git_lfs_pointer_is_recognised(tmp_path):
+    path = tmp_path / "text_gpt.pt"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n")
+    with pytest.raises(CheckpointError, match=r"Git LFS pointer.*git lfs pull"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ({"w": np.zeros(3)}, "numpy.ndarray"),
+    ({"cfg": {"inner": [1, Custom()]}}, "checkpoint['cfg']['inner'][1]"),
+    ([torch.zeros(2)], "a checkpoint is a dict"),
+])
+def test_atomic_save_refuses_what_load_checkpoint_refuses(tmp_path, obj, needle):
+    with pytest.raises(CheckpointError, match="refusing to save") as err:
+        atomic_save(obj, tmp_path / "m.pt")
+    assert needle in str(err.value)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_atomic_save_round_trips_plain_values(tmp_path):
+    obj = {"h": {"a": 1, "b": 2.5, "c": "x", "d": None, "e": (1, 2), "f": [True]}, "sd": {"w": torch.ones(2)},
+           "dtype": torch.float16, "size": torch.Size([2, 3])}
+    back = load_checkpoint(atomic_save(obj, tmp_path / "ok.pt"))
+    assert back["h"] == obj["h"] and torch.equal(back["sd"]["w"], obj["sd"]["w"]) and back["dtype"] == torch.float16
+
+
+def test_unpicklable_bytes_are_checked_too(tmp_path):
+    """Saving must never produce bytes load_checkpoint refuses, whatever the walk above misses."""
+    assert load_checkpoint(atomic_save({"b": io.BytesIO(b"x").getvalue()}, tmp_path / "b.pt"))["b"] == b"x"
+
+
+# ------------------------------------------------------------------------- act.inference
+@pytest.fixture(scope="module")
+def act_setup(tmp_path_factory):
+    from course_lib.act.build_dataset import build
+    from course_lib.act.model import ACTReasoner
+    from course_lib.checkpoints import write_json_atomic
+
+    root = tmp_path_factory.mktemp("act_bad")
+    torch.manual_seed(0)
+    model = ACTReasoner({"hidden_size": 32, "num_heads": 4, "halt_max_steps": 2})
+    (root / "run").mkdir()
+    torch.save(model.state_dict(), root / "run" / "step_5")
+    write_json_atomic(model.config, root / "run" / "all_config.json")
+    a = build(root / "a" / "ds", seed=1, num_train=0, num_test=4)
+    b = build(root / "b" / "ds", seed=2, num_train=0, num_test=4)
+    return root, root / "run" / "step_5", a, b
+
+
+def act_main(*args: str) -> int:
+    from course_lib.act.inference import main
+
+    return main([*args, "--device", "cpu", "--batch_size", "64"])
+
+
+def test_act_output_dir_is_claimed_at_start_and_a_second_run_is_refused(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+    out = root / "claimed"
+    seen = {}
+
+    def spy(*args, **kwargs):  # the folder must exist (claimed) before any compute starts
+        seen["claimed"] = (out / "run.json").is_file()
+        return real(*args, **kwargs)
+
+    real = inf.run_forced
+    monkeypatch.setattr(inf, "run_forced", spy)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 0
+    assert seen["claimed"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exc:  # the same --output_dir again: refused, nothing touched
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out))
+    assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_act_claim_race_loser_is_refused(act_setup, capsys, monkeypatch):
+    """Two runs that both passed the up-front check: the one that claims second gets one line and exit 2."""
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+    out = root / "race"
+    real = inf.claim_output_dir
+
+    def other_run_first(path, record):
+        real(path, {"other": "run"})  # another process claims the folder between our check and our claim
+        return real(path, record)
+
+    monkeypatch.setattr(inf, "claim_output_dir", other_run_first)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already used by another run" in err[0]
+    assert [p.name for p in out.iterdir()] == ["run.json"] and "other" in (out / "run.json").read_text()
+
+
+def test_act_default_folders_never_collide(monkeypatch, tmp_path):
+    import course_lib.act.inference as inf
+
+    monkeypatch.setattr(inf, "DEFAULT_ROOT", tmp_path / "act_inference")
+    a, _ = inf.claim_output_dir(None, {})
+    b, _ = inf.claim_output_dir(None, {})
+    assert a != b and a.name == "run-001" and b.name == "run-002"
+
+
+def test_act_same_folder_name_is_scored_separately(act_setup, capsys):
+    root, ckpt, a, b = act_setup
+    out = root / "two"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), str(b), "--output_dir", str(out),
+                    "--save_outputs", "puzzle_identifiers") == 0
+    text = capsys.readouterr().out
+    assert "a/ds/all:" in text and "b/ds/all:" in text
+    sub = __import__("json").loads((out / "evaluator_ARC_step_5" / "submission.json").read_text())
+    assert len(sub) == 8 and {k.split("/")[0] for k in sub} == {"a", "b"}
+
+
+def test_act_same_data_path_twice_exits_2(act_setup, capsys):
+    root, ckpt, a, _ = act_setup
+    with pytest.raises(SystemExit) as exc:
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), str(a) + "/", "--output_dir", str(root / "twice"))
+    assert exc.value.code == 2 and "twice" in capsys.readouterr().err
+    assert not (root / "twice").exists()
+
+
+@pytest.mark.parametrize("where", ["under_file", "proc"])
+def test_act_unusable_output_dir_exits_2_before_compute(act_setup, where):
+    root, ckpt, a, _ = act_setup
+    (root / "afile").write_text("x")
+    out = {"under_file": root / "afile" / "out", "proc": "/proc/act_out"}[where]
+    r = run_module("course_lib.act.inference", "--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--output_dir" in r.stderr and ("is a file" in r.stderr or "not writable" in r.stderr)
+    assert len(r.stderr.strip().splitlines()[-1]) < 300
+
+
+def test_act_ctrl_c_removes_the_claimed_folder_and_exits_130(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inf, "run_forced", interrupt)
+    out = root / "interrupted"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 130
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]

@@ -226,3 +226,61 @@ def test_act_ctrl_c_removes_the_claimed_folder_and_exits_130(act_setup, capsys, 
     assert not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted" in err[0]
+
+
+# ------------------------------------------------------------------------------ run_course
+def test_run_course_ctrl_c_leaves_no_partial_notebook_and_exits_130(tmp_path, capsys, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    from course_lib.run_course import main
+
+    def interrupted(nb, out, **kwargs):
+        open(out, "w").write("{half a notebook")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert main(["--out", str(tmp_path / "build"), "--only", "04"]) == 130
+    assert not list((tmp_path / "build").rglob("*.ipynb"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"\x00\x01binary\x02", "looks binary"),
+    (b"04:\n  seed: 3\n  name: \xff\xfe\n", "is not UTF-8"),
+    (b"04:\n  seed: \x07\n", "is not valid YAML"),
+])
+def test_run_course_bad_yaml_bytes_exit_2(tmp_path, capsys, data, needle):
+    from course_lib.run_course import main
+
+    (tmp_path / "p.yaml").write_bytes(data)
+    with pytest.raises(SystemExit) as exc:
+        main(["--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "build")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and needle in err[-1] and not (tmp_path / "build").exists()
+
+
+def test_run_course_strips_a_bom_and_refuses_a_notebook_named_twice(tmp_path):
+    import yaml
+
+    from course_lib.run_course import notebooks, read_text_file, resolve_params
+
+    (tmp_path / "p.yaml").write_bytes(b"\xef\xbb\xbf04:\n  seed: 3\n")
+    spec = yaml.safe_load(read_text_file(tmp_path / "p.yaml"))
+    assert resolve_params(spec, notebooks()) == {next(p for p in notebooks() if p.stem.startswith("04")): {"seed": 3}}
+    with pytest.raises(ValueError, match="names 04_act_halting_loops twice"):
+        resolve_params({"04": {"seed": 1}, "04_act_halting_loops": {"seed": 2}}, notebooks())
+    with pytest.raises(ValueError, match="twice"):
+        resolve_params(yaml.safe_load("0:\n  seed: 1\n00_setup_and_tour:\n  seed: 2\n"), notebooks())
+
+
+@pytest.mark.parametrize("module, flag, extra", [
+    ("course_lib.run_course", "--out", ["--only", "04"]),
+    ("course_lib.act.build_dataset", "--out", ["--seed", "0", "--num-train", "0", "--num-test", "2"]),
+])
+@pytest.mark.parametrize("where", ["under_file", "proc"])
+def test_unusable_output_folder_exits_2_before_compute(tmp_path, module, flag, extra, where):
+    (tmp_path / "afile").write_text("x")
+    out = {"under_file": str(tmp_path / "afile" / "out"), "proc": "/proc/course_out"}[where]
+    r = run_module(module, flag, out, *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("is a file" in r.stderr or "not writable" in r.stderr) and flag in r.stderr.splitlines()[-1]

@@ -150,8 +150,27 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module."
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
+def check_state_dict(state_dict: object, path: str | Path = "state_dict", float_weights: bool = False) -> None:
+    """CheckpointError naming the key unless state_dict maps str keys to tensors.
+
+    float_weights=True also requires floating-point, finite tensors (a model whose weights hold NaN
+    produces NaN logits at the first generate, far from the cause)."""
+    shown = display_path(path) if path != "state_dict" else "state_dict"
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{shown}: the state dict must be a mapping of name -> tensor, got a {type(state_dict).__name__}; "
+                              "save model.state_dict()")
+    for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{shown}: state dict entry {k!r} is a {type(v).__name__}, not a tensor; save model.state_dict()")
+        if float_weights and not v.is_floating_point():
+            raise CheckpointError(f"{shown}: weight {k!r} has dtype {v.dtype}, expected floating point; the file is damaged, re-create it")
+        if float_weights and not torch.isfinite(v).all():
+            raise CheckpointError(f"{shown}: weight {k!r} holds NaN or inf (training diverged?); re-create the checkpoint")
+
+
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
     """`model.load_state_dict` with readable errors: the key diff, the prefix fix, the shape mismatch."""
+    check_state_dict(state_dict)
     want = model.state_dict()
     missing = [k for k in want if k not in state_dict]
     unexpected = [k for k in state_dict if k not in want]

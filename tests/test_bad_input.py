@@ -284,3 +284,115 @@ def test_unusable_output_folder_exits_2_before_compute(tmp_path, module, flag, e
     r = run_module(module, flag, out, *extra)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert ("is a file" in r.stderr or "not writable" in r.stderr) and flag in r.stderr.splitlines()[-1]
+
+
+# ------------------------------------------------------------------ text model and sampling
+TINY = {"vocab_size": 100277, "n_embd": 8, "n_layer": 1, "n_head": 2, "block_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt():
+    from course_lib.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def test_tiny_temperature_is_refused_not_nan(tiny_gpt):
+    x = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"temperature 1e-300 is too small.*use 0 for greedy"):
+        tiny_gpt.generate(x, 2, temperature=1e-300)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        tiny_gpt.generate(x, 2, temperature=float("inf"))
+
+
+def test_numpy_scalars_are_numbers(tiny_gpt):
+    x = torch.tensor([[1, 2, 3]])
+    g = torch.Generator().manual_seed(0)
+    out = tiny_gpt.generate(x, 3, temperature=np.float32(0.7), top_k=np.int64(5), top_p=np.float64(0.9), generator=g)
+    ref = tiny_gpt.generate(x, 3, temperature=0.7, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, ref)
+
+
+def test_generate_warns_once_in_training_mode():
+    import warnings
+
+    from course_lib.gpt import GPT
+
+    model = GPT({**TINY, "dropout": 0.5}).train()
+    x = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(x, 2, temperature=0)
+        model.generate(x, 2, temperature=0)
+        model.eval().generate(x, 2, temperature=0)
+    msgs = [str(w.message) for w in caught if "training mode" in str(w.message)]
+    assert len(msgs) == 1 and "model.eval()" in msgs[0]
+
+
+@pytest.mark.parametrize("key, value", [("n_embd", "32"), ("n_layer", 3.0), ("n_head", None), ("block_size", True),
+                                        ("vocab_size", 0), ("dropout", float("nan")), ("rope_theta", -1.0)])
+def test_gpt_h_params_wrong_types_name_the_key(key, value):
+    from course_lib.gpt import GPT
+
+    with pytest.raises(ValueError, match=rf"h_params\[{key!r}\]"):
+        GPT({**TINY, key: value})
+
+
+def _save_gpt(tmp_path, sd=None, hp=None):
+    from course_lib.gpt import GPT
+
+    model = GPT(TINY)
+    sd = model.state_dict() if sd is None else sd
+    path = tmp_path / "g.pt"
+    torch.save({"h_params": TINY if hp is None else hp, "model_state_dict": sd}, path)
+    return path, model.state_dict()
+
+
+@pytest.mark.parametrize("case, needle", [("nan", "holds NaN or inf"), ("int", "expected floating point"),
+                                          ("list", "must be a mapping"), ("value", "is a str, not a tensor"),
+                                          ("h_params", r"h_params\['n_embd'\] must be an int")])
+def test_load_gpt_checks_weights_when_loading(tmp_path, case, needle):
+    from course_lib.gpt import load_gpt
+
+    path, sd = _save_gpt(tmp_path)
+    name = "blocks.0.attn.qkv.weight"
+    if case == "nan":
+        sd[name][0, 0] = float("nan")
+    elif case == "int":
+        sd[name] = sd[name].long()
+    elif case == "list":
+        sd = list(sd.values())
+    elif case == "value":
+        sd[name] = "oops"
+    path, _ = _save_gpt(tmp_path, sd, {**TINY, "n_embd": "8"} if case == "h_params" else None)
+    with pytest.raises(CheckpointError, match=needle) as err:
+        load_gpt(path)
+    assert case in ("list", "h_params") or name in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_gpt_on_missing_cuda_says_so(tmp_path):
+    from course_lib.gpt import load_gpt
+
+    path, _ = _save_gpt(tmp_path)
+    with pytest.raises(RuntimeError, match=r"device='cuda' requested but torch.cuda.is_available\(\) is False"):
+        load_gpt(path, device="cuda")
+
+
+def test_prompts_special_token_text_and_non_strings():
+    from course_lib.batching import generate_batch, pad_batch
+    from course_lib.decode import encode_prompt
+    from course_lib.tokenizer import get_encoding
+
+    enc = get_encoding()
+    plain = encode_prompt(enc, "a <|endoftext|> b", 64)
+    assert enc.eot_token not in plain and enc.decode(plain) == "a <|endoftext|> b"
+    assert enc.eot_token in encode_prompt(enc, "a <|endoftext|> b", 64, allowed_special="all")
+    for bad in (None, 3, b"bytes"):
+        with pytest.raises(TypeError, match="prompt must be a str"):
+            encode_prompt(enc, bad, 64)
+    with pytest.raises(TypeError, match=r"prompts\[1\] is None"):
+        pad_batch(enc, ["ok", None], 64)
+    with pytest.raises(TypeError, match="prompts must be a list of strings"):
+        generate_batch(None, enc, None, 3)

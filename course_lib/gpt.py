@@ -18,9 +18,9 @@ from torch import nn
 
 from .checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
 from .decode import generate_ids
+from .device import pick_device
 from .kv_cache import KVCache
 from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights, num_params, rope_angles, run_blocks
-from .device import pick_device
 from .paths import TEXT_MODEL, display_path
 
 DEFAULT_H_PARAMS = {

@@ -396,3 +396,125 @@ def test_prompts_special_token_text_and_non_strings():
         pad_batch(enc, ["ok", None], 64)
     with pytest.raises(TypeError, match="prompts must be a list of strings"):
         generate_batch(None, enc, None, 3)
+
+
+# ------------------------------------------------------------------------ notebook parameters
+def test_unknown_injected_parameter_is_rejected():
+    from course_lib.notebook import ParameterError, check_no_unknown_params
+
+    params_cell = 'device = "cpu"\nseed = 0\nthreshold = 0.5'
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['sede'\].*declares device, seed, threshold"):
+        check_no_unknown_params(["", "import x", params_cell, "# Parameters\nsede = 3\n", "check()"])
+    check_no_unknown_params(["", params_cell, "# Parameters\nseed = 3\nthreshold = 1\n"])  # known names pass
+    check_no_unknown_params(["", params_cell, "print(1)"])  # no papermill: nothing to check
+
+
+def test_check_param_int_for_float_empty_text_missing_file_and_lists():
+    from course_lib.notebook import ParameterError, check_param
+
+    assert check_param("threshold", 1, kind=float, low=0.0, high=1.0) == 1
+    with pytest.raises(ParameterError, match="must be float"):
+        check_param("threshold", True, kind=float)
+    with pytest.raises(ParameterError, match="'prompt' is empty"):
+        check_param("prompt", "  ", kind=str, nonempty=True)
+    with pytest.raises(ParameterError, match=r"'prompts_file': file not found: assets/nope.txt"):
+        check_param("prompts_file", "assets/nope.txt", kind=str, file=True)
+    check_param("checkpoint", "checkpoints/act/step_8000", kind=str, file=True)
+    with pytest.raises(ParameterError, match=r"pass lists with -y, e.g. papermill ... -y 'temperatures: \[1, 2\]'"):
+        check_param("temperatures", "[0.3, 0.7]", kind=list)
+
+
+def test_papermill_misspelt_parameter_stops_at_the_parameters_cell(tmp_path):
+    pm = pytest.importorskip("papermill")
+    from course_lib.paths import NOTEBOOKS
+
+    nb = NOTEBOOKS / "04_act_halting_loops.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"sede": 3}, cwd=str(NOTEBOOKS),
+                            kernel_name="python3", progress_bar=False)
+    assert "ParameterError" in str(err.value) and "unknown parameter(s) ['sede']" in str(err.value)
+
+
+# -------------------------------------------------------------- ACT config, data, build_dataset
+@pytest.mark.parametrize("cfg, needle", [
+    ({"hidden_size": 32, "num_heads": 4, "halt_max_step": 3}, "unknown config key(s) ['halt_max_step']"),
+    ({"hidden_size": "32", "num_heads": 4}, "'hidden_size' must be an integer >= 1, got '32'"),
+    ({"hidden_size": 32, "num_heads": 4, "act_continue": 1}, "'act_continue' must be true or false"),
+    ({"hidden_size": 32, "num_heads": 4, "rope_theta": None}, "'rope_theta' must be a finite number"),
+    ([1, 2], "must hold a JSON object"),
+])
+def test_act_config_unknown_key_or_wrong_type_exits_2(act_setup, tmp_path, capsys, cfg, needle):
+    import json
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "run"
+    bad.mkdir()
+    shutil.copy(ckpt, bad / ckpt.name)
+    (bad / "all_config.json").write_text(json.dumps(cfg))
+    assert act_main("--checkpoint", str(bad / ckpt.name), "--data_paths", str(a), "--output_dir", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --checkpoint") and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("field, array, needle", [
+    ("inputs", np.zeros((3, 7), np.int32), "must be integers of shape"),
+    ("labels", np.zeros((16, 25), np.float32), "must be integers of shape"),
+    ("inputs", np.full((16, 25), 99, np.int32), "tokens outside"),
+    ("puzzle_identifiers", np.full(16, 10_000, np.int32), "points past identifiers.json"),
+])
+def test_act_malformed_dataset_arrays_exit_2(act_setup, tmp_path, capsys, field, array, needle):
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "ds"
+    shutil.copytree(a, bad)
+    np.save(bad / "test" / f"all__{field}.npy", array)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(bad), "--output_dir", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data_paths") and needle in err[0], err
+
+
+def test_act_empty_test_split_exits_2(act_setup, tmp_path, capsys):
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "ds"
+    shutil.copytree(a, bad)
+    for f, shape in (("inputs", (0, 25)), ("labels", (0, 25)), ("puzzle_identifiers", (0,)), ("blanks", (0,))):
+        np.save(bad / "test" / f"all__{f}.npy", np.zeros(shape, np.int32))
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(bad), "--output_dir", str(tmp_path / "o")) == 2
+    assert "holds no puzzles (an empty split)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle", [(["--num-test", "5000"], "use --num-test <= 4628"),
+                                          (["--num-train", "100000", "--num-test", "1"], "keep the sum <=")])
+def test_build_dataset_sizes_beyond_the_puzzle_space_exit_2(tmp_path, args, needle):
+    r = run_module("course_lib.act.build_dataset", "--out", str(tmp_path / "d"), "--seed", "0", *args, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr.splitlines()[-1] and not (tmp_path / "d").exists()
+
+
+def test_build_dataset_uses_the_umask_and_a_concurrent_loser_gets_one_line(tmp_path, monkeypatch, capsys):
+    import course_lib.act.build_dataset as bd
+
+    old = os.umask(0o022)
+    try:
+        out = bd.build(tmp_path / "d", seed=0, num_train=2, num_test=2)
+    finally:
+        os.umask(old)
+    assert all((p.stat().st_mode & 0o777) == 0o755 for p in (out, out / "train", out / "test"))
+
+    real = bd.write_split
+
+    def other_run_finishes_first(folder, split, *args, **kwargs):
+        real(folder, split, *args, **kwargs)
+        if split == "test":  # another run renames its dataset into --out while this one is still writing
+            (tmp_path / "race" / "train").mkdir(parents=True)
+
+    monkeypatch.setattr(bd, "write_split", other_run_finishes_first)
+    assert bd.main(["--out", str(tmp_path / "race"), "--seed", "0", "--num-train", "2", "--num-test", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "created by another run meanwhile" in err[0]
+    assert [p.name for p in (tmp_path / "race").iterdir()] == ["train"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.")]

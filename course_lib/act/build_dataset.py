@@ -41,13 +41,13 @@ from ..paths import display_path
 from . import puzzles as P
 
 PERMS = list(itertools.permutations(range(1, P.SIDE + 1)))
-# How many puzzles the space holds (4-12 blanks, unique solution), counted once by enumerating every
-# class's images (tests/test_bad_input.py re-counts them): 4,628 classes under the 3072 Sudoku
-# symmetries, which is the most a test split can keep (its puzzles are distinct up to symmetry);
-# AUGMENTATION_CLASSES puzzles distinct under the 192 augmentations, which is the most
-# `generate_bases` can draw for train and test together (it would search forever for more).
+# How many puzzles the space holds (4-12 blanks, unique solution). There are 4,628 classes under the
+# 3072 Sudoku symmetries (`puzzles.puzzle_classes`): the most a test split can keep, since its
+# puzzles are distinct up to symmetry. `generate_bases` draws puzzles distinct under the 192
+# augmentations (8 dihedral x 24 digit orders), a subgroup of index 16, so each class splits into at
+# most 16 of those: asking for more than 16 x 4,628 in train and test together would search forever.
 PUZZLE_CLASSES = 4628
-AUGMENTATION_CLASSES = 16 * PUZZLE_CLASSES  # placeholder bound
+AUGMENTATION_CLASSES = 16 * PUZZLE_CLASSES  # an upper bound (classes with symmetries split into fewer)
 
 
 def check_sizes(num_train: int, num_test: int) -> None:
@@ -56,7 +56,7 @@ def check_sizes(num_train: int, num_test: int) -> None:
         raise ValueError(f"--num-test {num_test} is more than the puzzle space holds: test puzzles are distinct up to the "
                          f"Sudoku symmetries and there are only {PUZZLE_CLASSES:,} classes; use --num-test <= {PUZZLE_CLASSES}")
     if num_train + num_test > AUGMENTATION_CLASSES:
-        raise ValueError(f"--num-train {num_train} + --num-test {num_test} is more than the puzzle space holds: there are only "
+        raise ValueError(f"--num-train {num_train} + --num-test {num_test} is more than the puzzle space holds: there are at most "
                          f"{AUGMENTATION_CLASSES:,} puzzles distinct under the augmentations; keep the sum <= {AUGMENTATION_CLASSES}")
 
 

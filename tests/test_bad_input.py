@@ -489,7 +489,7 @@ def test_act_empty_test_split_exits_2(act_setup, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [(["--num-test", "5000"], "use --num-test <= 4628"),
-                                          (["--num-train", "100000", "--num-test", "1"], "keep the sum <=")])
+                                          (["--num-train", "70411", "--num-test", "1"], "keep the sum <= 70411")])
 def test_build_dataset_sizes_beyond_the_puzzle_space_exit_2(tmp_path, args, needle):
     r = run_module("course_lib.act.build_dataset", "--out", str(tmp_path / "d"), "--seed", "0", *args, timeout=60)
     assert r.returncode == 2 and needle in r.stderr.splitlines()[-1] and not (tmp_path / "d").exists()

@@ -110,6 +110,9 @@ def student_copy(nb: dict, stem: str, release: str) -> dict:
             if not rest.strip():
                 continue
             cell["source"] = rest
+            cell["metadata"]["tags"] = [t for t in cell["metadata"]["tags"] if t != "solution"]  # only prose is left
+            if not cell["metadata"]["tags"]:
+                del cell["metadata"]["tags"]
         if cell["cell_type"] == "code" and (tagged(cell, "exercise") or tagged(cell, "check")):
             cell["outputs"] = []
             cell["execution_count"] = None

@@ -67,7 +67,8 @@ class Course:
 
     def identify(self, nb: dict, path: Path) -> str | None:
         """The chapter a submission belongs to: release metadata first, then the file name's NN_ prefix."""
-        stem = nb.get("metadata", {}).get(META_KEY, {}).get("notebook")
+        meta = nb.get("metadata", {}).get(META_KEY, {})
+        stem = meta.get("notebook") if isinstance(meta, dict) else None
         if stem in self.books:
             return stem
         if path.stem in self.books:
@@ -114,15 +115,18 @@ def _first_line(cell: dict) -> str:
 
 
 def read_results(nb: dict) -> tuple[dict[str, str], str, str, int | None]:
-    """(verdict per exercise name, first error in a student cell, first error in a grader cell, running cell)."""
+    """(verdict per exercise name, first error in a student cell, first error in a grader cell, running cell).
+
+    The running cell is the one a killed run was in: its index, -1 for the course's checks, None if none started.
+    """
     verdicts: dict[str, str] = {}
     student_error = grader_error = ""
     running = None
     cells = [c for c in nb.get("cells", []) if not tagged(c, "papermill-error-cell-tag")]  # papermill's markers
     for i, cell in enumerate(cells):
         grader = tagged(cell, GRADER_TAG)
-        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running" and not grader:
-            running = i
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            running = -1 if grader else i
         for out in cell.get("outputs", []):
             if grader and CHECK_MIME in out.get("data", {}):
                 record = out["data"][CHECK_MIME]
@@ -160,8 +164,11 @@ def grade_one(path: Path, student: str, course: Course, timeout: float) -> dict:
     start = time.monotonic()
     try:
         submission = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(submission, dict) or not isinstance(submission.get("cells"), list):
-            raise ValueError("no 'cells' list")
+        if not isinstance(submission, dict) or not isinstance(submission.get("cells"), list) \
+                or not all(isinstance(c, dict) and isinstance(c.get("metadata", {}), dict) for c in submission["cells"]):
+            raise ValueError("no list of cells")
+        if not isinstance(submission.get("metadata", {}), dict):
+            raise ValueError("its metadata is not a mapping")
     except (OSError, ValueError) as exc:
         row["error"] = f"not a readable notebook ({exc})"
         return row
@@ -195,8 +202,9 @@ def grade_one(path: Path, student: str, course: Course, timeout: float) -> dict:
         row["score"] = sum(verdicts.get(n) == "correct" for n in names)
         if timed_out:
             cells = [c for c in executed.get("cells", []) if not tagged(c, "papermill-error-cell-tag")]
-            where = (f" while running cell {running} ({_first_line(cells[running])})" if running is not None
-                     else " before any cell finished (kernel start included)")
+            where = (" before any cell finished (kernel start included)" if running is None
+                     else " while running the course's checks" if running == -1
+                     else f" while running cell {running} ({_first_line(cells[running])})")
             row.update(status="timeout", error=f"stopped after {timeout:g} s{where}: a cell that loops or runs too long")
         elif proc.returncode != 0:
             last = (err or "").strip().splitlines()[-1:] or ["no message"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,7 @@ def student_copy(nb: dict, stem: str, release: str) -> dict:
         if tagged(cell, "solution"):
             if cell["cell_type"] != "markdown" or not DETAILS_SOLUTION.search(source(cell)):
                 continue
-            rest = DETAILS_SOLUTION.sub("", source(cell)).lstrip("\n")
+            rest = re.sub(r"\n{3,}", "\n\n", DETAILS_SOLUTION.sub("", source(cell))).strip("\n")
             if not rest.strip():
                 continue
             cell["source"] = rest

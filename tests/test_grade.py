@@ -2,13 +2,14 @@
 
 The tiny fixture notebook keeps this fast; notebook 00 proves the same on a real chapter (its
 release runs clean and grades "not yet", a solved copy grades "correct"). Every release running
-clean is checked by hand before a release (README, "For instructors"): it costs a full course run.
+clean costs a full course run, so that test is opt-in: COURSE_GRADE_ALL=1.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import os
 
 import psutil
 import pytest
@@ -19,7 +20,7 @@ from course_lib.exercises import apply_tags, source
 from course_lib.grade import main
 from course_lib.notebook import CHECK_MIME, RECORD_ENV, check_answer, run_check
 from course_lib.paths import NOTEBOOKS
-from course_lib.release import read_nb, student_copy, write_nb
+from course_lib.release import course_notebooks, read_nb, student_copy, write_nb
 
 
 def test_verdicts_recorded_only_under_the_grader(monkeypatch, capsys):
@@ -80,6 +81,7 @@ def test_grading_tiny_handins(tmp_path, tiny_course):
         "carol": edit(release, "def double", lambda s: "answer_1 = 1 / 0\n" + s),             # crashes
         "erin": cheat,
         "frank": "{not json",
+        "gina": '{"cells": [1, 2], "metadata": {}}',
     }, course_dir, timeout=300)
     ex = [f"90: Exercise {k}" for k in (1, 2, 3)]
     assert [rows["alice"][c] for c in ["status", "score", "out_of", *ex]] == ["ok", "0", "3", "not yet", "not yet", "not yet"]
@@ -88,6 +90,7 @@ def test_grading_tiny_handins(tmp_path, tiny_course):
     assert rows["carol"]["error"] == "cell 6 (answer_1 = 1 / 0): ZeroDivisionError: division by zero"
     assert [rows["erin"][c] for c in ["status", "score", *ex]] == ["ok", "0", "not yet", "not yet", "not yet"]
     assert rows["frank"]["status"] == "failed" and "not a readable notebook" in rows["frank"]["error"]
+    assert rows["gina"]["status"] == "failed" and rows["gina"]["error"] == "not a readable notebook (no list of cells)"
     assert float(rows["bob"]["runtime_s"]) > 0
 
 
@@ -95,7 +98,8 @@ def test_a_looping_handin_gets_a_timeout_row_and_no_leftover_kernel(tmp_path, ti
     course_dir, release = tiny_course
     loop = edit(release, "def double", lambda s: "while True:\n    pass\n")
     rows = grade(tmp_path, {"dave": loop}, course_dir, timeout=30)
-    assert rows["dave"]["status"] == "timeout" and rows["dave"]["error"].startswith("stopped after 30 s")
+    assert rows["dave"]["status"] == "timeout"
+    assert rows["dave"]["error"] == "stopped after 30 s while running cell 6 (while True:): a cell that loops or runs too long"
     assert [rows["dave"][f"90: Exercise {k}"] for k in (1, 2, 3)] == ["not run"] * 3
     assert 30 <= float(rows["dave"]["runtime_s"]) < 60
     left = []
@@ -113,6 +117,24 @@ def test_notebook_00_release_grades_not_yet_and_a_solved_copy_correct(tmp_path):
     rows = grade(tmp_path, {"ann": release, "ben": solved}, NOTEBOOKS, timeout=600, name="00_setup_and_tour")
     assert [rows["ann"][c] for c in ["status", "error", "00: Exercise 00"]] == ["ok", "", "not yet"]  # the release runs clean
     assert [rows["ben"][c] for c in ["status", "score", "00: Exercise 00"]] == ["ok", "1", "correct"]
+
+
+@pytest.mark.skipif(os.environ.get("COURSE_GRADE_ALL") != "1", reason="a full course run; COURSE_GRADE_ALL=1 to run it")
+def test_every_release_runs_clean_and_grades_not_yet(tmp_path):
+    handins = {}
+    for path in course_notebooks():
+        handins[path.stem] = student_copy(read_nb(path), path.stem, "test")
+    for stem, nb in handins.items():
+        write_nb(tmp_path / "handins" / "release" / f"{stem}.ipynb", nb)
+    out = tmp_path / "grades.csv"
+    assert main([str(tmp_path / "handins"), "--timeout", "600", "--out", str(out), "--no-progress"]) == 0
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["notebook"] for r in rows) == sorted(handins)
+    for row in rows:
+        verdicts = {k: v for k, v in row.items() if k[:2] == row["notebook"][:2] and k[2:4] == ": " and v}
+        assert (row["status"], row["error"], row["score"]) == ("ok", "", "0"), row
+        assert verdicts and set(verdicts.values()) == {"not yet"}, row
 
 
 def test_cli_bad_input(tmp_path, capsys):

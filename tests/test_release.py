@@ -109,7 +109,7 @@ def test_release_of_tiny_notebook(tmp_path):
     text = json.dumps(release)
     assert SECRET not in text
     sources = [source(c) for c in release["cells"]]
-    assert "**Exercise 3.** Which word names this course's topic? Set `word`.\n\n" in sources  # prose kept, block cut
+    assert "**Exercise 3.** Which word names this course's topic? Set `word`." in sources  # prose kept, block cut
     assert "A solution, checked the same way:" not in sources
     assert "_ = check_1(answer_1)\n_ = check_2(double)" in "\n".join(sources)
 

@@ -270,15 +270,24 @@ def tagged(cell: dict, tag: str) -> bool:
     return tag in cell.get("metadata", {}).get("tags", [])
 
 
-def strip_stubs(code: str) -> str:
-    """A check cell's source without its placeholder lines (so re-running it keeps the student's answers)."""
+def check_code(code: str, checkers: set[str] = frozenset()) -> str:
+    """What the grader re-runs of a check cell: its imports, definitions and check calls.
+
+    Placeholders are left out (they would erase the student's answers), and so is other setup
+    (it already ran in the student's copy of the cell, and may not be safe to run twice, e.g. a
+    file saved with overwrite=False). `checkers` are check functions defined in earlier cells.
+    """
     tree = ast.parse(code)
+    known = checker_functions(tree, set(checkers)) | set(checkers)
     lines = code.splitlines(keepends=True)
-    drop: set[int] = set()
-    for stmt, _ in stub_statements(tree):
-        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
-        drop.update(range(start - 1, stmt.end_lineno))
-    return "".join(line for k, line in enumerate(lines) if k not in drop)
+    keep: list[str] = []
+    for stmt in tree.body:
+        if _stub_names(stmt):
+            continue
+        if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)) or _called_names(stmt) & (CHECK_FUNCS | known):
+            start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+            keep.append("".join(lines[start - 1:stmt.end_lineno]))
+    return "\n\n".join(part.rstrip("\n") for part in keep) + "\n"
 
 
 def import_lines(code: str) -> list[str]:

@@ -6,7 +6,8 @@ release metadata (course_lib.release) or from the file name's number.
 
 For each notebook the grader:
 1. clears its outputs and appends the course's own checks, taken from the pristine instructor
-   notebook (cells tagged `check`, placeholders removed) after re-running the course's imports,
+   notebook (the imports, definitions and check calls of the cells tagged `check`; not the
+   placeholders, which would erase the answers) after re-running the course's imports,
    so a student who edits or deletes a check, or redefines run_check, still gets the real check;
 2. runs it with papermill in a fresh kernel, in a subprocess, in a scratch working folder, with
    a per-notebook timeout (the subprocess and its kernel are killed when it runs out); a cell
@@ -22,6 +23,7 @@ as the instructor's user (see the README's "For instructors").
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import csv
 import io
@@ -36,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .exercises import ConventionError, detect, import_lines, source, strip_stubs, tagged
+from .exercises import ConventionError, check_code, checker_functions, detect, import_lines, source, tagged
 from .files import atomic_write_text
 from .notebook import CHECK_MIME, RECORD_ENV
 from .paths import NOTEBOOKS, REPO_ROOT, display_path
@@ -89,7 +91,10 @@ class Course:
         placeholders = sorted({n for ex in detect(nb["cells"], stem)[1] for n in ex.placeholders})
         cells = [head + "\n".join(imports + ["from course_lib.notebook import check_answer, run_check",
                                              f"for _name in {placeholders!r}:", "    globals().setdefault(_name, None)"])]
-        cells += [strip_stubs(source(c)) for c in nb["cells"] if c["cell_type"] == "code" and tagged(c, "check")]
+        checkers: set[str] = set()
+        for cell in (c for c in nb["cells"] if c["cell_type"] == "code" and tagged(c, "check")):
+            checkers |= checker_functions(ast.parse(source(cell)), checkers)
+            cells.append(check_code(source(cell), checkers))
         return [{"cell_type": "code", "execution_count": None, "id": f"course-grader-{k}",
                  "metadata": {"tags": [GRADER_TAG]}, "outputs": [], "source": src} for k, src in enumerate(cells)]
 

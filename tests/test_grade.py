@@ -82,6 +82,7 @@ def test_grading_tiny_handins(tmp_path, tiny_course):
         "erin": cheat,
         "frank": "{not json",
         "gina": '{"cells": [1, 2], "metadata": {}}',
+        "hank": edit(release, "def double", lambda s: "import os\nos._exit(1)\n"),           # kills its kernel
     }, course_dir, timeout=300)
     ex = [f"90: Exercise {k}" for k in (1, 2, 3)]
     assert [rows["alice"][c] for c in ["status", "score", "out_of", *ex]] == ["ok", "0", "3", "not yet", "not yet", "not yet"]
@@ -91,6 +92,7 @@ def test_grading_tiny_handins(tmp_path, tiny_course):
     assert [rows["erin"][c] for c in ["status", "score", *ex]] == ["ok", "0", "not yet", "not yet", "not yet"]
     assert rows["frank"]["status"] == "failed" and "not a readable notebook" in rows["frank"]["error"]
     assert rows["gina"]["status"] == "failed" and rows["gina"]["error"] == "not a readable notebook (no list of cells)"
+    assert (rows["hank"]["status"], rows["hank"]["error"]) == ("failed", "the run stopped: nbclient.exceptions.DeadKernelError: Kernel died")
     assert float(rows["bob"]["runtime_s"]) > 0
 
 

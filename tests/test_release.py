@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from instructor_fixtures import EXERCISES, EXPECTED_TAGS, SECRET, STEM, tiny_notebook
 
-from course_lib.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, detect, source, strip_stubs, tagged
+from course_lib.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, check_code, detect, source, tagged
 from course_lib.release import course_notebooks, main, read_nb, stale_tags, student_copy, tag_notebooks
 
 BOOKS = course_notebooks()
@@ -120,9 +120,12 @@ def test_release_refuses_stale_tags():
         student_copy(nb, STEM, "r1")
 
 
-def test_strip_stubs_keeps_the_check():
-    code = 'answer = None  # yours\n\n\ndef f(x):\n    raise NotImplementedError\n\n\nok = check_answer("E", answer == 1, "", "")\n'
-    assert strip_stubs(code).strip() == 'ok = check_answer("E", answer == 1, "", "")'
+def test_check_code_keeps_only_what_the_grader_reruns():
+    code = ('import torch\nanswer = None  # yours\n\n\ndef f(x):\n    raise NotImplementedError\n\n\n'
+            'save(model, "m.pt", overwrite=False)\n\n\ndef check():\n    return answer == 1, "", ""\n\n\n'
+            '_ = run_check("E", check)\nok = check_1(f)\n')
+    assert check_code(code, {"check_1"}) == ('import torch\n\ndef check():\n    return answer == 1, "", ""\n\n'
+                                             '_ = run_check("E", check)\n\nok = check_1(f)\n')
 
 
 def test_cli(tmp_path):

@@ -3,11 +3,18 @@
 Instructors pass parameters with papermill (`-p temperature 1.3`); a typo or an out-of-range
 value should stop the notebook at the parameters cell with a message that names the fix,
 not fail twenty cells later with a shape error.
+
+Exercise verdicts are printed for the student. Under the grader (`python -m course_lib.grade`,
+which sets RECORD_ENV in the kernel's environment) each verdict is also published as a display
+output of type CHECK_MIME, so the grader reads data, not printed text. It is off otherwise:
+strict nbval compares every output's MIME keys, and an extra output in a fresh run would fail
+every committed notebook.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,8 @@ from .paths import REPO_ROOT, display_path
 # write `top_k = 0  # 0 turns it off`, not `# 0 = off`, or the parameter disappears from the help.
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the cell it injects (tagged injected-parameters)
 _CONTAINERS = (list, tuple, dict)
+CHECK_MIME = "application/vnd.inside-inference.check+json"
+RECORD_ENV = "INSIDE_INFERENCE_RECORD_CHECKS"
 
 
 class ParameterError(ValueError):
@@ -105,8 +114,22 @@ def show_params(**params: Any) -> None:
 
 def check_answer(name: str, ok: bool, why_right: str, why_wrong: str) -> bool:
     """Print a verdict for an exercise; the notebook continues either way."""
-    print(f"{name}: {'✅ correct' if ok else '❌ not yet'} — {why_right if ok else why_wrong}")
+    message = why_right if ok else why_wrong
+    print(f"{name}: {'✅ correct' if ok else '❌ not yet'} — {message}")
+    if os.environ.get(RECORD_ENV) == "1":
+        _publish({"name": str(name), "ok": bool(ok), "verdict": "correct" if ok else "not yet", "message": str(message)})
     return ok
+
+
+def _publish(record: dict) -> None:
+    """Publish one verdict as a display output of type CHECK_MIME (only inside an IPython kernel)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import publish_display_data
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        publish_display_data({CHECK_MIME: record}, metadata={CHECK_MIME: {"kind": "verdict"}})
 
 
 def run_check(name: str, fn: Callable[[], tuple[bool, str, str]]) -> bool:

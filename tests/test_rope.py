@@ -86,8 +86,8 @@ def test_convert_permutes_only_q_and_k_rows_and_round_trips(make_gpt):
 def test_shipped_model_in_meta_layout_gives_the_same_logits(shipped_gpt):
     enc = get_encoding()
     x = torch.tensor([[enc.eot_token] + enc.encode_ordinary("农夫山泉 天然水 550ml 瓶装\nSunbeam Oat Crackers 200g Box\n")])
-    with torch.no_grad():
-        assert (to_interleaved(shipped_gpt)(x) - shipped_gpt(x)).abs().max() < 1e-5
+    with torch.no_grad():  # fp32 rounding: ~1e-5 on logits of size ~20
+        assert torch.allclose(to_interleaved(shipped_gpt)(x), shipped_gpt(x), atol=1e-5, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------- the shift property

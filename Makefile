@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test test-unit test-notebooks course checkpoints bench clean
+.PHONY: install lab test test-unit test-notebooks course release grade checkpoints bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test-notebooks: install
 # Instructors: run every notebook headless into build/ (PARAMS=params.yaml gives per-notebook parameters).
 course: install
 	$(BIN)/python -m course_lib.run_course --out build $(if $(PARAMS),--params $(PARAMS),)
+
+# Instructors: a student copy of every notebook (no solutions) in build/student/.
+release: install
+	$(BIN)/python -m course_lib.release --out build/student
+
+# Instructors: grade hand-ins (make grade SUBMISSIONS=handins/), one CSV row per student and notebook.
+grade: install
+	$(BIN)/python -m course_lib.grade $(SUBMISSIONS) --out $(or $(OUT),grades.csv)
 
 # Re-run every training recipe (overwrites checkpoints/ and MANIFEST.json; see README).
 checkpoints: install

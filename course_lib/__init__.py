@@ -26,6 +26,9 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     motion/                skeleton, features, VQ-VAE, motion GPT, render, batch CLI 07
     train/                 the recipes that produced every checkpoint                (checkpoints/)
     run_course             every notebook headless with papermill                    (instructors)
+    exercises              the exercise convention: stub / check / solution tags      (instructors)
+    release                the student release without solutions; --tag-notebooks   (instructors)
+    grade                  grading hand-ins with papermill, one CSV row per notebook (instructors)
 """
 
 __version__ = "0.1.0"

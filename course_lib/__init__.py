@@ -10,9 +10,10 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     checkpoints            weights_only loading, readable strict-load errors, MANIFEST  01, 07
     notebook               parameter checks, exercise verdicts                       all
     tokenizer              cl100k_base offline; token bytes, half-characters         00, 02, 03
-    layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03 (inside every model)
+    layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03, 05 (inside every model)
     kv_cache               the contiguous pre-allocated KV cache                     03
-    gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03
+    rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
+    gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
     decode                 the decode loop (with or without a cache)                 02, 03
     trace                  traced generation: every step's top candidates            02

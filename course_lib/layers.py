@@ -50,6 +50,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def position_ids_from_lengths(lengths: torch.Tensor | list[int], T: int, side: str = "right") -> torch.Tensor:
+    """Seed 002's recipe: row i's real tokens get 0 .. len_i - 1, padding gets 0 (B, T).
+
+    side says where the real tokens are: "right" padding keeps them in the first len_i columns
+    (the seed's `position_ids[i, :len_i] = arange(len_i)`), "left" padding in the last len_i.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    if lengths.dim() != 1 or (lengths < 0).any() or (lengths > T).any():
+        raise ValueError(f"lengths must be a 1-d list of ints in [0, {T}], got {lengths.tolist()}")
+    col = torch.arange(T, device=lengths.device)[None]
+    pos = col if side == "right" else col - (T - lengths[:, None])  # left: first real column is T - len
+    real = (pos >= 0) & (pos < lengths[:, None])
+    return torch.where(real, pos, torch.zeros_like(pos))
+
+
 def default_positions(batch: int, q_len: int, start: int = 0, attention_mask: torch.Tensor | None = None,
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Positions (B, q_len) of q_len new tokens that follow `start` earlier ones: the one place they are derived.
@@ -81,6 +98,9 @@ class Attention(nn.Module):
     recompute the keys and values of the whole prefix.
     """
 
+    # The RoPE layout (rotate-half); `rope.set_rope_layout` swaps in Meta's interleaved one (chapter 05).
+    rope_fn = staticmethod(apply_rope)
+
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True):
         super().__init__()
         if n_embd % n_head:
@@ -94,7 +114,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
         cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = self.rope_fn(q, cos, sin), self.rope_fn(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, H, T_total, d)
         # With an explicit mask (padding, or a cache offset) the mask carries causality itself.

@@ -11,7 +11,8 @@ Data: the recipe's held-out sets (`course_lib.train.act.heldout_sets`): no puzzl
 training puzzle up to the 3072 Sudoku symmetries. The deduplicated random draws keep only 6 of
 500 puzzles each, so the tables use every unseen puzzle class (121 puzzles, 484 rows) and the
 deduplicated seed 777 draws; the throughput rows use the unseen-class set.
-Timings are wall-clock on whatever CPU share the machine gives; compare rows, not machines.
+Timings are wall-clock medians of --repeats runs after one warm-up (`course_lib.timing.time_fn`) on whatever
+CPU share the machine gives; compare rows, not machines.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ class GPT(nn.Module):
         """Append max_new_tokens sampled tokens to idx (B, T); temperature=0 is greedy.
 
         use_cache=False is the simplest correct loop (re-run the whole cropped context for every
-        token); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
+        token, the head at the last position only: the fair baseline); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
         See decode.generate_ids for what happens at the context limit.
         """
         return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,

@@ -17,6 +17,7 @@ synchronised, median). The parts:
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .gpt import GPT
 from .timing import time_fn
@@ -30,7 +31,8 @@ def random_context(batch: int, length: int, vocab: int, seed: int = 0, device: s
 
 def zero_layer_twin(model: GPT) -> GPT:
     """The same model without its blocks, sharing its embedding/head and final norm: the per-step floor."""
-    twin = GPT({**model.h_params, "n_layer": 0, "dropout": 0.0}).to(model.device).eval()
+    twin = GPT({**model.h_params, "n_layer": 1, "dropout": 0.0}).to(model.device).eval()
+    twin.blocks = nn.ModuleList()  # built with one block (h_params need n_layer >= 1), then emptied
     twin.tok_emb.weight = twin.lm_head.weight = model.tok_emb.weight
     twin.norm.weight = model.norm.weight
     return twin

@@ -11,14 +11,14 @@ Data: the recipe's held-out sets (`course_lib.train.act.heldout_sets`): no puzzl
 training puzzle up to the 3072 Sudoku symmetries. The deduplicated random draws keep only 6 of
 500 puzzles each, so the tables use every unseen puzzle class (121 puzzles, 484 rows) and the
 deduplicated seed 777 draws; the throughput rows use the unseen-class set.
-Timings are wall-clock on whatever CPU share the machine gives; compare rows, not machines.
+Timings are wall-clock medians of --repeats runs after one warm-up (`course_lib.timing.time_fn`) on whatever
+CPU share the machine gives; compare rows, not machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
@@ -27,15 +27,16 @@ from course_lib.act.checkpoint import SHIPPED, load_reasoner
 from course_lib.act.data import load_split
 from course_lib.act.halting import run_dynamic, run_dynamic_refill, run_forced
 from course_lib.act.loss import ACTLossHead
+from course_lib.timing import time_fn
 from course_lib.train.act import UNSEEN_SEED, dataset, heldout_sets
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median seconds (one warm-up run, `course_lib.timing.time_fn`) and the last run's result."""
+    t = time_fn(fn, "cpu", repeats)
+    return t.seconds, t.result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,12 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=str(SHIPPED))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per throughput row (median reported)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1 or args.batch < 1:
+        ap.error("--repeats, --threads and --batch must be >= 1")
     torch.set_num_threads(args.threads)
     model = load_reasoner(args.checkpoint)
     S = model.config["halt_max_steps"]
@@ -88,17 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     head = ACTLossHead(model).eval()
     B = args.batch
     batches = [ps.batch(i, i + B) for i in range(0, len(ps), B)]
-    run_forced(head, batches[0])  # warm-up
     n = len(ps)
-    t_forced, _ = timed(lambda: [run_forced(head, b) for b in batches])
+    t_forced, _ = timed(lambda: [run_forced(head, b) for b in batches], args.repeats)
     print(f"\n## Throughput on {n} test puzzles, batch/slots {B}, {args.threads} thread(s)\n")
     print("| loop | network calls | rows computed | exact acc | seconds | puzzles/s |")
     print("|---|---|---|---|---|---|")
     print(f"| forced | {len(batches) * S} | {n * S} | {replay(traces['unseen classes'], None)['exact_accuracy']:.4f} | "
           f"{t_forced:.2f} | {n / t_forced:.0f} |")
     for thr in (0.5, 0.9):
-        t_frozen, outs = timed(lambda thr=thr: [run_dynamic(model, b, threshold=thr) for b in batches])
-        t_refill, refill = timed(lambda thr=thr: run_dynamic_refill(model, ps.inputs, B, threshold=thr))
+        t_frozen, outs = timed(lambda thr=thr: [run_dynamic(model, b, threshold=thr) for b in batches], args.repeats)
+        t_refill, refill = timed(lambda thr=thr: run_dynamic_refill(model, ps.inputs, B, threshold=thr), args.repeats)
         frozen_rows = sum(int(o[3].sum()) for o in outs)
         frozen_calls = sum(o[0] for o in outs)
         exact_refill = float((refill["preds"] == ps.labels).all(-1).float().mean())

@@ -11,11 +11,13 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     notebook               parameter checks, exercise verdicts                       all
     tokenizer              cl100k_base offline; token bytes, half-characters         00, 02, 03
     layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03, 05 (inside every model)
-    kv_cache               the contiguous pre-allocated KV cache                     03
+    kv_cache               the contiguous pre-allocated KV cache; its memory formula 03
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
     decode                 the decode loop (with or without a cache)                 02, 03
+    timing                 time_fn: warm-up, device sync, median (every timing)     03, benchmarks
+    speed                  a decode step's parts; throughput against batch size      03, benchmarks
     trace                  traced generation: every step's top candidates            02
     streaming              UTF-8-safe streaming text out                             03
     batching               left padding, attention masks, generate_batch             02, 03

@@ -28,12 +28,13 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
-              pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              pad_id: int | None = None, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (B, T) and attention mask (B, T) for prompts of different lengths.
 
     side="left" puts the padding before each prompt so every row's last column is its last real
     token: the next token of every row is read from the same column. side="right" exists to show
     why that is wrong for generation (the last column of a short row is padding).
+    device: where the tensors are created; pass the model's (`model.device`) before feeding them to it.
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
@@ -49,7 +50,7 @@ def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
         sl = slice(T - len(r), T) if side == "left" else slice(0, len(r))
         ids[i, sl] = torch.tensor(r)
         mask[i, sl] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)  # built on the host (small, row by row), moved in one copy each
 
 
 @torch.no_grad()

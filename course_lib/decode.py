@@ -65,7 +65,8 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
                  on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) and return (B, T + max_new_tokens).
 
-    use_cache=False is the plain loop: re-run the last block_size tokens for every new token.
+    use_cache=False is the plain loop: re-run the last block_size tokens for every new token, with
+    the output head at the last position only (nanoGPT's inference form: the fair baseline).
     use_cache=True prefills the prompt once, then feeds one token per step (KV cache). When the
     sequence grows past block_size the window slides, every position changes, and cached keys are
     stale; the cached path then re-prefills the last block_size tokens each step, which is exactly
@@ -92,7 +93,7 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         window = idx[:, -block:]
         wmask = None if mask is None else mask[:, -block:]
         if not use_cache:
-            logits = model(window, attention_mask=wmask)[:, -1, :]
+            logits = model(window, attention_mask=wmask, last_only=True)[:, -1, :]  # head at the last position only
         elif cache is None or idx.shape[1] > block:  # first step, or the window slid: (re)prefill
             logits, cache = model.prefill(window, attention_mask=wmask, cache=cache)
         else:  # the usual step: one token in, the cache holds everything before it

@@ -93,11 +93,13 @@ class GPT(nn.Module):
         return self.norm(run_blocks(self.blocks, x, rope, mask, cache))
 
     def forward(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids idx (B, T).
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T); with last_only=True only the last position's (B, 1, vocab).
 
         attention_mask (B, T) marks real tokens with 1 and padding with 0. Without position_ids
         they are derived from it (cumsum - 1), so left-padded rows still start at position 0.
+        last_only is nanoGPT's inference form: generation reads only the last row, and the 100k-wide
+        head is the costliest matmul, so computing it at every position wastes most of the step.
         """
         B, T = idx.shape
         if T > self.block_size:
@@ -106,7 +108,8 @@ class GPT(nn.Module):
             position_ids = default_positions(B, T, 0, attention_mask, idx.device)
         # No padding: the blocks use SDPA's built-in causal mask; with padding, the same rule as the cache at length 0.
         mask = None if attention_mask is None else attend_mask(T, 0, attention_mask, causal=True)
-        return self.lm_head(self._run(idx, position_ids, mask))
+        h = self._run(idx, position_ids, mask)
+        return self.lm_head(h[:, -1:] if last_only else h)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (targets are idx shifted left by one)."""
@@ -182,7 +185,7 @@ class GPT(nn.Module):
         """Append max_new_tokens sampled tokens to idx (B, T); temperature=0 is greedy.
 
         use_cache=False is the simplest correct loop (re-run the whole cropped context for every
-        token); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
+        token, the head at the last position only: the fair baseline); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
         See decode.generate_ids for what happens at the context limit.
         """
         return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,

@@ -68,3 +68,17 @@ class KVCache:
         """
         mask = attend_mask(q_len, self.length, key_padding, causal=True, device=self.k.device)
         return mask.expand(self.batch_size, 1, q_len, self.length + q_len)
+
+
+def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, tokens: int, batch: int = 1,
+                   bytes_per_value: int = 2) -> int:
+    """Memory of a full KV cache: 2 (keys and values) × layers × kv-heads × head_dim × bytes × tokens × batch.
+
+    Why it matters: the weights are paid once, the cache once per token per sequence, so at long
+    contexts and large batches the cache, not the model, decides how many sequences fit.
+    """
+    for name, v in [("n_layer", n_layer), ("n_kv_head", n_kv_head), ("head_dim", head_dim), ("tokens", tokens),
+                    ("batch", batch), ("bytes_per_value", bytes_per_value)]:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    return 2 * n_layer * n_kv_head * head_dim * bytes_per_value * tokens * batch

@@ -125,16 +125,43 @@ def plot_tradeoff(rows: Sequence[dict], x_key: str, xlabel: str, title: str = ""
 # ============================================================ chapter 03: KV cache and batching
 
 
-def plot_speed_vs_length(lengths: Sequence[int], ms_no_cache: Sequence[float], ms_cache: Sequence[float]):
-    """Milliseconds per new token against the context length, with and without the cache."""
+def plot_speed_vs_length(lengths: Sequence[int], ms_no_cache: Sequence[float], ms_cache: Sequence[float],
+                         ms_last_head: Sequence[float] | None = None):
+    """Milliseconds per new token against the context length: no cache with the output head at every
+    position, no cache with the head at the last position only (if given), and the KV cache."""
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.plot(lengths, ms_no_cache, "o-", label="no cache (re-run the whole context)", color="#de2d26")
+    full_label = "no cache, head at every position" if ms_last_head is not None else "no cache (re-run the whole context)"
+    ax.plot(lengths, ms_no_cache, "o-", label=full_label, color="#de2d26")
+    if ms_last_head is not None:
+        ax.plot(lengths, ms_last_head, "^-", label="no cache, head at the last position", color="#fd8d3c")
     ax.plot(lengths, ms_cache, "s-", label="KV cache (one token per step)", color="#3182bd")
     ax.set_xlabel("tokens already in the context")
     ax.set_ylabel("ms per new token")
-    ax.set_ylim(bottom=0)
+    ax.set_yscale("log" if ms_last_head is not None else "linear")
+    if ms_last_head is None:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_batch_throughput(rows: Sequence[dict]):
+    """Tokens/s (left) and ms per decode step (right) against batch size; rows from `speed.batch_curve`."""
+    b = [r["batch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    ax1.plot(b, [r["tokens_per_s"] for r in rows], "o-", color="#3182bd")
+    ax1.set_ylabel("new tokens / s")
+    ax1.set_title("throughput", fontsize=9)
+    ax2.plot(b, [r["ms_per_step"] for r in rows], "s-", color="#de2d26")
+    ax2.set_ylabel("ms per decode step")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("time per step (all rows at once)", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(b, [str(x) for x in b])
+        ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

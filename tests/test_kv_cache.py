@@ -98,3 +98,48 @@ def test_shipped_model_cached_equals_uncached_across_context_limit():
     for prompt in ["农夫山泉", "Sunbeam Instant Ramen", "三只松鼠"]:
         x = torch.tensor([enc.encode(prompt)])
         assert torch.equal(model.generate(x, 30, temperature=0, use_cache=False), model.generate(x, 30, temperature=0))
+
+
+# ---------------------------------------------------------------- the fair no-cache baseline (issue 8 §2)
+def test_nocache_baseline_computes_one_head_row_per_sequence(make_gpt):
+    """generate(use_cache=False) runs the 100k-wide head at the last position only (nanoGPT's
+    inference form), and gives the same greedy tokens as the full-head loop and the cached loop."""
+    model = make_gpt(block_size=24, dropout=0.0)
+    x = torch.randint(0, 300, (3, 7), generator=torch.Generator().manual_seed(0))
+    rows: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: rows.append(o.shape[:-1].numel()))
+    try:
+        fair = model.generate(x, 20, temperature=0, use_cache=False)  # crosses block_size 24 too
+    finally:
+        hook.remove()
+    assert rows == [3] * 20  # one head row per sequence per step, never B * T
+    seq = x
+    with torch.no_grad():
+        for _ in range(20):  # the unfair loop: full head at every position, then read the last row
+            seq = torch.cat([seq, model(seq[:, -24:])[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(fair, seq)
+    assert torch.equal(fair, model.generate(x, 20, temperature=0))
+
+
+def test_last_only_forward_equals_last_row(make_gpt):
+    model = make_gpt(dropout=0.0)
+    x = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        full, last = model(x, attention_mask=mask), model(x, attention_mask=mask, last_only=True)
+    assert last.shape == (2, 1, 300) and torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- KV-cache memory (issue 11)
+def test_kv_cache_bytes_formula_and_real_buffers(make_gpt):
+    from course_lib.kv_cache import kv_cache_bytes
+    model = make_gpt()
+    cache = model.new_cache(batch_size=3)
+    real = (cache.k.numel() + cache.v.numel()) * cache.k.element_size()
+    hp = model.h_params
+    assert kv_cache_bytes(hp["n_layer"], hp["n_head"], model.head_dim, model.block_size, 3, bytes_per_value=4) == real
+    # a 7B LLaMA shape (32 layers, 32 KV heads of 128) in fp16 at 4k context: 2 GiB per sequence
+    assert kv_cache_bytes(32, 32, 128, 4096, 1, 2) == 2 * 1024**3
+    with pytest.raises(ValueError, match="tokens"):
+        kv_cache_bytes(32, 32, 128, 0)

@@ -21,23 +21,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .sampling import SamplingSettings, check_sampling_args
 
 StepFn = Callable[..., torch.Tensor]
 
 
-class StaticKVCache:
-    """Fixed-size key/value buffers for a batch; positions come in as a tensor, never a Python int."""
+class StaticKVCache(nn.Module):
+    """Fixed-size key/value buffers for a batch; positions come in as a tensor, never a Python int.
+
+    An nn.Module with (non-persistent) buffers, as in gpt-fast, so `.to(device)` moves it and
+    `torch.export` treats the in-place writes as buffer mutations of one graph.
+    """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, max_len: int,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.causal = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()  # row s: slots <= s
-        self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)     # False = a pad slot
-        self.pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)            # pad slots per row
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        # row s of the causal table: the slots <= s
+        self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril(), persistent=False)
+        # valid[b, s] is False at a left-padding slot; pad[b] counts them
+        self.register_buffer("valid", torch.ones(batch_size, max_len, dtype=torch.bool, device=device), persistent=False)
+        self.register_buffer("pad", torch.zeros(batch_size, 1, dtype=torch.long, device=device), persistent=False)
         self.max_len, self.batch_size, self.n_layer = max_len, batch_size, n_layer
 
     @classmethod
@@ -66,6 +74,13 @@ class StaticKVCache:
         causal = self.causal[input_pos]                                                   # (T, max_len)
         own = torch.arange(self.max_len, device=input_pos.device)[None, :] == input_pos[:, None]
         return (causal[None] & (self.valid[:, None, :] | own[None]))[:, None]
+
+    def reset(self) -> None:
+        """Forget the previous sequence (zero the buffers, no padding). Not needed for correctness between
+        prompts (the mask hides every slot not yet written), but it is what `clear_cache()` means."""
+        self.k.zero_()
+        self.v.zero_()
+        self.set_padding(None)
 
     def at(self, input_pos: torch.Tensor) -> _StepView:
         """The object `layers.run_blocks` talks to for one step writing at `input_pos`."""

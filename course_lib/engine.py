@@ -20,21 +20,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .static_cache import StaticKVCache, forward_static
+from .static_cache import StaticKVCache, StaticStep
 
 Design = Literal["phase-flag", "inputs"]
 DESIGNS = ("phase-flag", "inputs")
-
-
-class _Step(nn.Module):
-    """The module torch.export traces: the model and the cache, so cache writes are buffer mutations."""
-
-    def __init__(self, model: nn.Module, cache: StaticKVCache):
-        super().__init__()
-        self.model, self.cache = model, cache
-
-    def forward(self, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        return forward_static(self.model, self.cache, ids, input_pos)
 
 
 class Engine:
@@ -45,7 +34,7 @@ class Engine:
             raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
         self.model, self.design = model, design
         self.cache = StaticKVCache.for_model(model, 1, max_len)
-        self._step = _Step(model, self.cache)
+        self._step = StaticStep(model, self.cache)
         self.graphs: dict[str, torch.nn.Module] = {}
         self.phase = "prefill"  # only read by design="phase-flag"
 

@@ -122,6 +122,37 @@ def forward_static(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: to
     return model.lm_head(h[:, -1, :])
 
 
+class StaticStep(nn.Module):
+    """`forward_static` as a module holding the model and the cache, for `torch.jit.trace` / `torch.export`
+    (the cache writes become buffer mutations). No branch: the same code path is right for any T."""
+
+    def __init__(self, model: nn.Module, cache: StaticKVCache):
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def forward(self, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return forward_static(self.model, self.cache, ids, input_pos)
+
+
+def bucket_length(n: int, buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)) -> int:
+    """The smallest bucket >= n: padding prompts to a few lengths bounds the number of compiled graphs."""
+    for b in sorted(buckets):
+        if b >= n:
+            return b
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; add a larger bucket")
+
+
+def pad_left(idx: torch.Tensor, length: int, attention_mask: torch.Tensor | None = None,
+             pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad idx (B, T) to (B, length); returns (ids, attention_mask) with 0 at the new pad slots."""
+    B, T = idx.shape
+    mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device).long()
+    if length < T:
+        raise ValueError(f"cannot pad {T} tokens to a shorter length {length}")
+    ids = torch.cat([idx.new_full((B, length - T), pad_id), idx], dim=1)
+    return ids, torch.cat([mask.new_zeros((B, length - T)), mask], dim=1)
+
+
 def compile_decode_step(backend: str | Callable = "inductor", **compile_kwargs) -> StepFn:
     """`forward_static` compiled for decode steps: fullgraph (a graph break is an error) and static shapes.
 

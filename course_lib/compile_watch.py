@@ -74,3 +74,19 @@ def watch_compiles() -> Iterator[CompileReport]:
         # every call re-checks each cached graph (newest first), so reasons repeat: keep each once
         report.recompile_reasons = list(dict.fromkeys(_clean(r) for reasons in guard_failures.values() for r in reasons))
         report.hit_limit = any("recompile_limit" in m for m in capture.messages)
+
+
+@contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's log warnings and stderr dumps inside the block (e.g. the partial graph `torch.export`
+    prints on failure, full of machine paths); the exception itself still propagates."""
+    import contextlib
+    import io
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)

@@ -12,8 +12,9 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     tokenizer              cl100k_base offline; token bytes, half-characters         00, 02, 03
     layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03, 05 (inside every model)
     kv_cache               the contiguous pre-allocated KV cache; its memory formula 03
+    static_cache           the static KV cache: tensor positions, one compiled graph  06
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
-    gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05
+    gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
     decode                 the decode loop (with or without a cache)                 02, 03
     timing                 time_fn: warm-up, device sync, median (every timing)     03, benchmarks
@@ -21,6 +22,9 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     trace                  traced generation: every step's top candidates            02
     streaming              UTF-8-safe streaming text out                             03
     batching               left padding, attention masks, generate_batch             02, 03
+    compile_watch          graph counts, failed guards, the recompile-limit fallback  06
+    graph_pitfalls         the broken steps chapter 06 reproduces (trace, CUDA graphs) 06
+    engine, engine_check   seed 002's per-phase static graphs; its test-script CLI    06
     quality                sampled lines and their well-formed / distinct rates      02
     plots, widgets         the figures and the interactive explorers                 02, 03
     corpus                 the listing grammar the text model was trained on         00, 02

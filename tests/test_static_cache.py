@@ -1,0 +1,77 @@
+"""Static KV cache: token-exact with chapter 03's cache, and one compiled graph for every decode step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib.batching import pad_batch
+from course_lib.static_cache import GraphCounter, StaticKVCache, compile_decode_step, forward_static, generate_static
+from course_lib.tokenizer import get_encoding
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 12])
+def test_static_greedy_equals_contiguous_cache(prompt_len, make_gpt):
+    model = make_gpt(block_size=32, dropout=0.0)
+    x = torch.randint(0, 300, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    new = 32 - prompt_len
+    assert torch.equal(generate_static(model, x, new), model.generate(x, new, temperature=0))
+
+
+def test_static_sampling_equals_contiguous_with_same_seed(make_gpt):
+    model = make_gpt(block_size=32, dropout=0.0)
+    x = torch.randint(0, 300, (3, 4), generator=torch.Generator().manual_seed(5))
+    kw = dict(temperature=0.9, top_k=50, top_p=0.95)
+    a = generate_static(model, x, 20, generator=torch.Generator().manual_seed(1), **kw)
+    b = model.generate(x, 20, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(a, b)
+
+
+def test_static_left_padded_batch_equals_each_prompt_alone(shipped_gpt):
+    enc = get_encoding()
+    prompts = ["农夫山泉", "Sunbeam Instant Ramen", "元气"]
+    ids, mask = pad_batch(enc, prompts, shipped_gpt.block_size)
+    batch = generate_static(shipped_gpt, ids, 12, attention_mask=mask)
+    for row, p in enumerate(prompts):
+        alone = shipped_gpt.generate(torch.tensor([enc.encode(p)]), 12, temperature=0)
+        assert batch[row, -12:].tolist() == alone[0, -12:].tolist(), p
+
+
+def test_static_logits_match_forward(make_gpt):
+    model = make_gpt(block_size=16, dropout=0.0)
+    x = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    cache = StaticKVCache.for_model(model, 2)
+    with torch.no_grad():
+        full = model(x)
+        first = forward_static(model, cache, x[:, :5], torch.arange(5))
+        assert torch.allclose(first, full[:, 4], atol=1e-5)
+        for t in range(5, 9):
+            step = forward_static(model, cache, x[:, t:t + 1], torch.tensor([t]))
+            assert torch.allclose(step, full[:, t], atol=1e-5)
+
+
+def test_compiled_static_step_is_one_graph_for_50_steps_and_any_prompt_length(shipped_gpt):
+    counter = GraphCounter()
+    step = compile_decode_step(backend=counter)
+    for prompt in ([100, 200, 300], [5, 6, 7, 8, 9, 10, 11]):
+        x = torch.tensor([prompt])
+        out = generate_static(shipped_gpt, x, 51, step=step)  # 50 compiled decode steps
+        assert torch.equal(out, shipped_gpt.generate(x, 51, temperature=0))
+    assert counter.graphs == 1
+
+
+def test_compiled_growing_cache_recompiles(shipped_gpt):
+    """The contrast: chapter 03's cache gives dynamo a new length every step (static shapes: one graph per step)."""
+    torch._dynamo.reset()
+    counter = GraphCounter()
+    step = torch.compile(shipped_gpt.decode_step, backend=counter, dynamic=False)
+    logits, cache = shipped_gpt.prefill(torch.tensor([[100, 200, 300]]))
+    for _ in range(6):
+        logits = step(logits.argmax(-1, keepdim=True), cache)
+    assert counter.graphs == 6
+
+
+def test_static_cache_too_short_names_the_fix(make_gpt):
+    model = make_gpt(block_size=16, dropout=0.0)
+    with pytest.raises(ValueError, match="do not fit a static cache of max_len 16"):
+        generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7)

@@ -104,9 +104,26 @@ class SamplingSettings:
             return filtered.argmax(-1, keepdim=True)
         probs = filtered.softmax(-1)
         if generator is not None and generator.device != probs.device:
-            # A CPU generator keeps samples reproducible across devices: draw on the CPU.
-            return torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)
+            if probs.device.type == "cpu":  # e.g. a CUDA generator with CPU logits: draw on its device
+                return torch.multinomial(probs.to(generator.device), 1, generator=generator).cpu()
+            return inverse_cdf_sample(probs, generator)
         return torch.multinomial(probs, 1, generator=generator)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Token ids (B, 1) from probs (B, vocab) on any device, reproducible with a CPU generator.
+
+    Only B uniforms are drawn on the generator's device and cross to the probabilities' device;
+    the cumulative sum and the search stay there, so decoding never waits on the host (copying
+    (B, vocab) probabilities to the CPU every token would). Same distribution as
+    torch.multinomial, different draws: the CPU path keeps multinomial so committed outputs hold.
+    """
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=generator.device)
+    cdf = probs.cumsum(-1)
+    target = u.to(probs.device, non_blocking=True) * cdf[..., -1:]
+    ids = torch.searchsorted(cdf, target, right=True)  # first index whose cdf exceeds target: a p > 0 token
+    # target can round up to the total: fall back to the most likely token instead of index vocab.
+    return torch.where(ids < probs.size(-1), ids, probs.argmax(-1, keepdim=True))
 
 
 def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test test-unit test-notebooks course release grade checkpoints bench clean
+.PHONY: install lab test test-unit test-notebooks test-gpu course release grade checkpoints bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ test-unit: install
 
 test-notebooks: install
 	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
+
+# On a CUDA machine: the unit tests with COURSE_TEST_DEVICE=cuda, then every notebook with device="auto".
+test-gpu: install
+	@if ! $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+		echo "no CUDA device: make test-gpu skipped"; exit 0; fi; \
+	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests -q --ignore=tests/test_notebooks_on_device.py && \
+	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_notebooks_on_device.py -q
 
 # Instructors: run every notebook headless into build/ (PARAMS=params.yaml gives per-notebook parameters).
 course: install

@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from course_lib.batching import generate_batch
 from course_lib.decode import generate_ids
-from course_lib.sampling import filter_logits, inverse_cdf_sample, sample_next
+from course_lib.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_sample, sample_next
+from course_lib.tokenizer import get_encoding
 
 DEVICES = ["meta"] + ([os.environ["COURSE_TEST_DEVICE"]] if os.environ.get("COURSE_TEST_DEVICE") else [])
 PROBS = torch.tensor([0.5, 0.0, 0.2, 0.15, 0.0, 0.1, 0.05])  # zeros must never be drawn
@@ -120,3 +122,31 @@ def test_decode_loop_never_waits_on_the_host(make_gpt, use_cache, batch, tempera
     short, long = count_syncs(run(3)), count_syncs(run(12))
     assert long - short == 0, f"{(long - short) / 9:.2f} host syncs per generated token"
     assert short == 0  # measured: the loop needs none outside the steps either
+
+
+def test_public_text_functions_keep_everything_on_the_models_device(make_gpt):
+    """Model and inputs on `meta`: a tensor made on the CPU inside would raise or come back on the CPU.
+
+    On a GPU that is the "expected all tensors to be on the same device" crash; here it shows up
+    without one. generate_batch ends by decoding ids to text (one .tolist()), answered by the counter.
+    """
+    enc = get_encoding()
+    model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=8).to("meta")
+    meta = torch.device("meta")
+    idx = torch.zeros(2, 5, dtype=torch.long, device=meta)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], device=meta)
+    for kwargs in ({}, {"attention_mask": mask}, {"repetition_penalty": 1.3, "use_cache": False}):
+        out = model.generate(idx, 6, 0.8, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert out.device == meta and out.shape == (2, 11)  # 11 > block_size 8: the window slid too
+    logits, cache = model.prefill(idx, attention_mask=mask)
+    assert logits.device == meta and cache.k.device == meta
+    step = model.decode_step(idx[:, -1:], cache, attention_mask=torch.ones(2, 6, dtype=torch.long, device=meta))
+    assert step.device == meta and step.shape == (2, enc.n_vocab)
+    full, cache = model.infer(idx, position_ids=torch.arange(5, device=meta))
+    assert full.device == meta and full.shape == (2, 5, enc.n_vocab)
+    assert filter_logits(step, 0.7, top_k=3, top_p=0.5).device == meta
+    assert apply_repetition_penalty(step, idx, 1.2, mask).device == meta
+    with HostSyncCounter() as counter:
+        texts = generate_batch(model, enc, ["Meadow Farm", "农夫山泉", "x"], 4, 0.7, top_k=5,
+                               generator=torch.Generator().manual_seed(0), batch_size=2)
+    assert len(texts) == 3 and counter.calls == ["tolist", "tolist"]  # one per chunk, after its loop

@@ -103,22 +103,25 @@ class SamplingSettings:
         if self.temperature == 0:
             return filtered.argmax(-1, keepdim=True)
         probs = filtered.softmax(-1)
-        if generator is not None and generator.device != probs.device:
-            if probs.device.type == "cpu":  # e.g. a CUDA generator with CPU logits: draw on its device
-                return torch.multinomial(probs.to(generator.device), 1, generator=generator).cpu()
+        if probs.device.type != "cpu":  # never wait on the host (see inverse_cdf_sample)
             return inverse_cdf_sample(probs, generator)
+        if generator is not None and generator.device != probs.device:  # a device generator, CPU logits
+            return torch.multinomial(probs.to(generator.device), 1, generator=generator).cpu()
         return torch.multinomial(probs, 1, generator=generator)
 
 
-def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Token ids (B, 1) from probs (B, vocab) on any device, reproducible with a CPU generator.
 
-    Only B uniforms are drawn on the generator's device and cross to the probabilities' device;
-    the cumulative sum and the search stay there, so decoding never waits on the host (copying
-    (B, vocab) probabilities to the CPU every token would). Same distribution as
-    torch.multinomial, different draws: the CPU path keeps multinomial so committed outputs hold.
+    Only B uniforms are drawn (on the generator's device, else the probabilities') and cross to
+    the probabilities' device; the cumulative sum and the search stay there, so decoding never
+    waits on the host. Copying (B, vocab) probabilities to the CPU every token would, and so does
+    torch.multinomial on CUDA (it checks its input on the host: pytorch/pytorch#108968). Same
+    distribution as torch.multinomial, different draws: CPU logits keep multinomial, so committed
+    notebook outputs hold.
     """
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=generator.device)
+    gen_device = generator.device if generator is not None else probs.device
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=gen_device)
     cdf = probs.cumsum(-1)
     target = u.to(probs.device, non_blocking=True) * cdf[..., -1:]
     ids = torch.searchsorted(cdf, target, right=True)  # first index whose cdf exceeds target: a p > 0 token

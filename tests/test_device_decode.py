@@ -58,6 +58,13 @@ def test_cpu_logits_keep_todays_multinomial_draws():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_device_logits_without_a_generator_sample_on_the_device(device):
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)).to(device)
+    a = sample_next(logits, 0.9, top_k=40)
+    assert a.device.type == torch.device(device).type and a.shape == (4, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_device_logits_with_a_cpu_generator_sample_on_the_device(device):
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)).to(device)
     a = sample_next(logits, 0.9, top_p=0.9, generator=torch.Generator().manual_seed(4))

@@ -14,11 +14,14 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     kv_cache               the contiguous pre-allocated KV cache                     03
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
-    decode                 the decode loop (with or without a cache)                 02, 03
+    decode                 the decode loop (with or without a cache)                 02, 02b, 03
+    stopping               eos ids, stop strings across tokens, finished rows        02b
+    scoring                sequence_logprob: sum/mean log-prob, perplexity           02b
+    beam                   beam search with Hugging Face's rules                     02b
     trace                  traced generation: every step's top candidates            02
     streaming              UTF-8-safe streaming text out                             03
     batching               left padding, attention masks, generate_batch             02, 03
-    quality                sampled lines and their well-formed / distinct rates      02
+    quality                sampled lines: well-formed / novel / distinct rates, decoders compared  02, 02b
     plots, widgets         the figures and the interactive explorers                 02, 03
     corpus                 the listing grammar the text model was trained on         00, 02
     act/                   the ACT reasoner, halting loops, ARC-style evaluator, CLI 04

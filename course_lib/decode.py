@@ -4,6 +4,8 @@
 batching). It checks the sampling arguments once, then per step: run the model (the whole window
 without a cache; prefill then one token per step with one), apply the repetition penalty, sample.
 `on_step` and `stop_when` are the hooks the trace, the streamer and batching plug into.
+`eos_token_id` and `stop` end rows early (see `stopping`): a finished row emits padding, its
+sampled token is discarded, and the loop ends when every row is finished.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import SamplingSettings, check_sampling_args
+from .stopping import StopCriteria
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
@@ -45,7 +48,9 @@ def next_token_logits(model, enc, prompt: str) -> torch.Tensor:
 def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                  use_cache: bool = True, attention_mask: torch.Tensor | None = None,
-                 on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor:
+                 on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None,
+                 eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None,
+                 pad_token_id: int | None = None, draw: str = "multinomial") -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) and return (B, T + max_new_tokens).
 
     use_cache=False is the plain loop: re-run the last block_size tokens for every new token.
@@ -58,9 +63,20 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     adjusted, next_ids) sees the raw last-position logits, the logits after the repetition
     penalty, and the chosen ids (B, 1): the trace and the streamer hook in here. stop_when(next_ids)
     returning True ends the loop early (then fewer than max_new_tokens tokens are appended).
+
+    eos_token_id (one id or a list) and stop (a string or a list; needs enc, default the course's
+    cl100k_base) finish rows: from the step after, a finished row gets pad_token_id (default the
+    first eos id, else <|endoftext|>), and the loop returns as soon as every row is finished.
+    draw chooses the random draw (`SamplingSettings.sample`): "multinomial" or "inverse_cdf".
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
     check_sampling_args(max_new_tokens=max_new_tokens)
+    if stop is not None and enc is None:
+        from .tokenizer import get_encoding  # the course model's tokenizer
+        enc = get_encoding()
+    stopper = StopCriteria(idx.shape[0], eos_token_id, stop, enc, device=idx.device)
+    if pad_token_id is None:
+        pad_token_id = stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be (batch, T) with T >= 1, got shape {tuple(idx.shape)}; "
                          "an empty prompt should start from the <|endoftext|> token (see encode_prompt)")
@@ -82,12 +98,16 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         adjusted = logits
         if repetition_penalty != 1.0:
             adjusted = settings.penalise(logits, window, wmask)
-        nxt = settings.sample(adjusted, generator)
+        nxt = settings.sample(adjusted, generator, draw)
+        if stopper.active:  # finished rows take no part any more: their token is padding
+            nxt = torch.where(stopper.done[:, None], torch.full_like(nxt, pad_token_id), nxt)
         if on_step is not None:
             on_step(step, logits, adjusted, nxt)
         idx = torch.cat([idx, nxt], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        if stopper.active and bool(stopper.update(nxt).all()):
+            break
         if stop_when is not None and stop_when(nxt):
             break
     return idx

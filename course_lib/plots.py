@@ -91,15 +91,31 @@ def plot_next_token_distribution(enc, logits: torch.Tensor, filtered: torch.Tens
     return fig or ax.figure
 
 
+def temperature_probs(logits: torch.Tensor, temperatures: Sequence[float], n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n most likely token ids (n,) and their probabilities at each temperature (len(temperatures), n).
+
+    Computed on the logits' device (T = 0 is greedy: all mass on the argmax); plots move the result to the CPU.
+    """
+    top = torch.topk(logits, n).indices
+    rows = []
+    for t in temperatures:
+        if t == 0:
+            probs = logits.argmax().eq(torch.arange(logits.numel(), device=logits.device)).float()
+        else:
+            probs = (logits.float() / t).softmax(-1)
+        rows.append(probs[top])
+    return top, torch.stack(rows)
+
+
 def plot_temperature_sweep(enc, logits: torch.Tensor, temperatures: Sequence[float], n: int = 8):
     """Small multiples: the same next-token distribution at several temperatures."""
     fig, axes = plt.subplots(1, len(temperatures), figsize=(2.6 * len(temperatures), 2.8), sharey=True)
-    top = torch.topk(logits, n).indices
-    for ax, t in zip(axes, temperatures, strict=True):
-        probs = (logits.argmax().eq(torch.arange(logits.numel())).float() if t == 0 else (logits / t).softmax(-1))[top]
+    top, table = temperature_probs(logits, temperatures, n)
+    top, table = top.cpu().tolist(), table.cpu()
+    for ax, t, probs in zip(axes, temperatures, table, strict=True):
         ax.bar(range(n), probs.tolist(), color="#3182bd")
         ax.set_xticks(range(n))
-        ax.set_xticklabels([_label(enc, int(i)) for i in top], rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels([_label(enc, i) for i in top], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"T = {t}", fontsize=9)
     axes[0].set_ylabel("probability")
     fig.tight_layout()

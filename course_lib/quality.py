@@ -12,12 +12,15 @@ from .batching import generate_batch
 @torch.no_grad()
 def sample_lines(model, enc, prompts: Sequence[str], n_per_prompt: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, max_new_tokens: int = 36,
-                 seed: int = 0, batch_size: int = 64) -> list[str]:
-    """n_per_prompt sampled first lines (prompt included) per prompt, reproducible from seed."""
+                 seed: int = 0, batch_size: int = 64, draw: str = "inverse_cdf") -> list[str]:
+    """n_per_prompt sampled first lines (prompt included) per prompt, reproducible from seed.
+
+    Rows are sampled in batches of batch_size; the fast inverse-CDF draw is the default because a
+    measurement needs thousands of lines (`SamplingSettings.sample`)."""
     gen = torch.Generator().manual_seed(seed)
     many = [p for p in prompts for _ in range(n_per_prompt)]
     comps = generate_batch(model, enc, many, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
-                           generator=gen, batch_size=batch_size, stop="\n")
+                           generator=gen, batch_size=batch_size, stop="\n", draw=draw)
     return [p + c for p, c in zip(many, comps, strict=True)]
 
 

@@ -138,6 +138,32 @@ def plot_tradeoff(rows: Sequence[dict], x_key: str, xlabel: str, title: str = ""
     return fig or ax.figure
 
 
+RATE_STYLE = {"well_formed": ("well-formed (quality)", "o-", "#31a354"), "novel": ("novel (not in training)", "^-", "#3182bd"),
+              "heldout": ("held-out split (generalisation)", "v-", "#756bb1"), "distinct": ("distinct (diversity)", "s--", "#e6550d")}
+
+
+def plot_rate_sweep(rows: Sequence[dict], x_key: str, rates: Sequence[str], title: str = "", ax=None):
+    """Rates (dicts from `stats.rate`) against a sampling knob, each with its 95% interval as an error bar."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+    xs = list(range(len(rows)))
+    for j, key in enumerate(rates):
+        label, style, color = RATE_STYLE.get(key, (key, "o-", None))
+        mid = [r[key]["rate"] for r in rows]
+        lo = [m - r[key]["ci95"][0] for m, r in zip(mid, rows, strict=True)]
+        hi = [r[key]["ci95"][1] - m for m, r in zip(mid, rows, strict=True)]
+        offset = (j - (len(rates) - 1) / 2) * 0.06  # side by side, so the bars do not hide each other
+        ax.errorbar([x + offset for x in xs], mid, yerr=[lo, hi], fmt=style, color=color, label=label, capsize=3, ms=4)
+    ax.set_xticks(xs, [str(r[x_key]) for r in rows])
+    ax.set_xlabel(x_key)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig or ax.figure
+
+
 # ============================================================ chapter 03: KV cache and batching
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,3 +31,99 @@ def quality_and_diversity(lines: Sequence[str], is_good: Callable[[str], bool]) 
     if n == 0:
         raise ValueError("no lines to measure")
     return {"n": n, "well_formed": sum(map(is_good, lines)) / n, "distinct": len(set(lines)) / n}
+
+
+def line_rates(lines: Sequence[str], train_lines: set[str] | frozenset[str] = frozenset()) -> dict:
+    """Rates of sampled lines, each with its 95% Wilson interval (`stats.rate`):
+
+    well_formed — the grammar accepts the line (quality); novel — well-formed and not in
+    `train_lines` (the training stream: not a copy); heldout — well-formed and in the held-out
+    split, which training never saw (generalisation; about 10% of all lines are held out);
+    distinct — distinct lines / lines (diversity; capped at 1 and falls as n grows, so compare it
+    only at equal n).
+    """
+    from .corpus import is_well_formed, split_of
+    from .stats import rate
+
+    n = len(lines)
+    if n == 0:
+        raise ValueError("no lines to measure")
+    good = [line for line in lines if is_well_formed(line)]
+    return {"n": n,
+            "well_formed": rate(len(good), n),
+            "novel": rate(sum(line not in train_lines for line in good), n),
+            "heldout": rate(sum(split_of(line) == "heldout" for line in good), n),
+            "distinct": rate(len(set(lines)), n)}
+
+
+class StepCounter:
+    """Counts decode steps (calls of the output head) and the rows they processed: the cost of a
+    decoding method in model work, independent of the machine. Use as a context manager."""
+
+    def __init__(self, model):
+        self.model, self.steps, self.rows = model, 0, 0
+
+    def _hook(self, module, args) -> None:
+        self.steps += 1
+        self.rows += args[0].shape[0]
+
+    def __enter__(self) -> StepCounter:
+        self._handle = self.model.lm_head.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+@torch.no_grad()
+def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int] = (2, 4, 8), samples_per_prompt: int = 20,
+                     temperature: float = 1.0, max_new_tokens: int = 40, seed: int = 0,
+                     train_lines: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """Greedy vs beam search (each width in `beams`) vs sampling on the same prompts, one listing each.
+
+    Every method stops a row at the newline token (eos). Per method: line rates (`line_rates`),
+    the mean sequence log-probability of the line after its prompt (newline included, from
+    `scoring.sequence_logprobs`) and the log-probability per token, distinct outputs per prompt, and the cost: decode steps and rows
+    processed, and the seconds its generation took. Greedy and beam search are deterministic, so one run per prompt is all they can give;
+    sampling draws samples_per_prompt lines per prompt.
+    """
+    from .batching import pad_batch
+    from .beam import beam_search
+    from .scoring import sequence_logprobs
+    from .stopping import finished_text
+
+    nl = enc.encode("\n")[0]
+    rows: list[dict] = []
+
+    def record(method: str, many_prompts: list[str], completions: list[str], counter: StepCounter, t0: float) -> None:
+        seconds = time.perf_counter() - t0  # generation only (scoring below is not part of the method's cost)
+        lines = [p + c for p, c in zip(many_prompts, completions, strict=True)]
+        scores = sequence_logprobs(model, enc, [(p, c + "\n") for p, c in zip(many_prompts, completions, strict=True)])
+        per_prompt = {}
+        for p, line in zip(many_prompts, lines, strict=True):
+            per_prompt.setdefault(p, set()).add(line)
+        rows.append({"method": method, **line_rates(lines, train_lines),
+                     "mean_logprob": sum(s["sum"] for s in scores) / len(scores),
+                     "mean_token_logprob": sum(s["sum"] for s in scores) / sum(s["tokens"] for s in scores),
+                     "distinct_per_prompt": sum(map(len, per_prompt.values())) / len(per_prompt),
+                     "steps": counter.steps, "rows_processed": counter.rows, "seconds": seconds, "lines": lines})
+
+    t0 = time.perf_counter()
+    with StepCounter(model) as c:
+        comps = generate_batch(model, enc, list(prompts), max_new_tokens, 0.0, eos_token_id=nl, batch_size=len(prompts))
+    record("greedy", list(prompts), comps, c, t0)
+    ids, mask = pad_batch(enc, prompts, model.block_size)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    for k in beams:
+        t0 = time.perf_counter()
+        with StepCounter(model) as c:
+            res = beam_search(model, ids, max_new_tokens, k, eos_token_id=nl, attention_mask=mask)
+        comps = [finished_text(enc, row, eos_token_id=nl) for row in res.sequences[:, ids.shape[1]:].tolist()]
+        record(f"beam {k}", list(prompts), comps, c, t0)
+    many = [p for p in prompts for _ in range(samples_per_prompt)]
+    t0 = time.perf_counter()
+    with StepCounter(model) as c:
+        comps = generate_batch(model, enc, many, max_new_tokens, temperature, eos_token_id=nl,
+                               generator=torch.Generator().manual_seed(seed), batch_size=64, draw="inverse_cdf")
+    record(f"sampling T={temperature}", many, comps, c, t0)
+    return rows

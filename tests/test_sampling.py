@@ -261,3 +261,18 @@ def test_device_mixing_on_meta():
     assert out.device.type == "meta" and out.shape == (2, 50)
     top, table = temperature_probs(torch.empty(50, device="meta"), [0, 0.7, 1.5], n=4)
     assert top.device.type == "meta" and table.shape == (3, 4)
+
+
+def test_line_rates_with_intervals():
+    from course_lib.corpus import generate_corpus
+    from course_lib.quality import line_rates
+    train = generate_corpus(3, 0, split="train")
+    held = generate_corpus(2, 0, split="heldout")
+    lines = train + held + ["not a listing", held[0]]
+    r = line_rates(lines, set(train))
+    assert r["n"] == 7
+    assert (r["well_formed"]["k"], r["novel"]["k"], r["heldout"]["k"], r["distinct"]["k"]) == (6, 3, 3, 6)
+    lo, hi = r["well_formed"]["ci95"]
+    assert lo < 6 / 7 < hi
+    with pytest.raises(ValueError, match="no lines"):
+        line_rates([])

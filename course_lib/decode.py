@@ -44,6 +44,11 @@ def next_token_logits(model, enc, prompt: str) -> torch.Tensor:
     return model(x)[0, -1].float()
 
 
+def _full_rows(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Logits of the computed rows placed back into a (batch, vocab) tensor; finished rows get -inf."""
+    return x.new_full((batch, x.shape[-1]), float("-inf")).index_copy_(0, rows, x)
+
+
 @torch.no_grad()
 def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
@@ -66,7 +71,8 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
 
     eos_token_id (one id or a list) and stop (a string or a list; needs enc, default the course's
     cl100k_base) finish rows: from the step after, a finished row gets pad_token_id (default the
-    first eos id, else <|endoftext|>), and the loop returns as soon as every row is finished.
+    first eos id, else <|endoftext|>) and is dropped from the batch the model computes (its cache
+    rows too), and the loop returns as soon as every row is finished.
     draw chooses the random draw (`SamplingSettings.sample`): "multinomial" or "inverse_cdf".
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
@@ -86,19 +92,27 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
                       f"the model sees only the last {block}", stacklevel=2)
     mask = None if attention_mask is None else attention_mask.to(idx.device).long()
     cache = None
+    B = idx.shape[0]
+    rows = None  # the rows still generating, once some have finished (None = all): only they are computed
     for step in range(max_new_tokens):
-        window = idx[:, -block:]
-        wmask = None if mask is None else mask[:, -block:]
+        cur = idx if rows is None else idx.index_select(0, rows)
+        cmask = mask if mask is None or rows is None else mask.index_select(0, rows)
+        window = cur[:, -block:]
+        wmask = None if cmask is None else cmask[:, -block:]
         if not use_cache:
             logits = model(window, attention_mask=wmask)[:, -1, :]
-        elif cache is None or idx.shape[1] > block:  # first step, or the window slid: (re)prefill
+        elif cache is None or cur.shape[1] > block:  # first step, or the window slid: (re)prefill
             logits, cache = model.prefill(window, attention_mask=wmask, cache=cache)
         else:  # the usual step: one token in, the cache holds everything before it
-            logits = model.decode_step(idx[:, -1:], cache, attention_mask=wmask)
+            logits = model.decode_step(cur[:, -1:], cache, attention_mask=wmask)
         adjusted = logits
         if repetition_penalty != 1.0:
             adjusted = settings.penalise(logits, window, wmask)
         nxt = settings.sample(adjusted, generator, draw)
+        if rows is not None:  # back to the full batch: finished rows get padding
+            nxt = torch.full((B, 1), pad_token_id, dtype=nxt.dtype, device=nxt.device).index_copy_(0, rows, nxt)
+            if on_step is not None:
+                logits, adjusted = _full_rows(logits, rows, B), _full_rows(adjusted, rows, B)
         if stopper.active:  # finished rows take no part any more: their token is padding
             nxt = torch.where(stopper.done[:, None], torch.full_like(nxt, pad_token_id), nxt)
         if on_step is not None:
@@ -106,8 +120,17 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         idx = torch.cat([idx, nxt], dim=1)
         if mask is not None:
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        if stopper.active and bool(stopper.update(nxt).all()):
-            break
+        if stopper.active:
+            done = stopper.update(nxt)
+            n_active = int((~done).sum())  # one host sync per step, only when rows can finish
+            if n_active == 0:
+                break
+            if n_active < (B if rows is None else rows.numel()):  # rows just finished: drop them from the batch
+                local = (~done if rows is None else (~done).index_select(0, rows)).nonzero()[:, 0]
+                rows = (~done).nonzero()[:, 0]
+                if cache is not None:
+                    cache.k, cache.v = cache.k.index_select(1, local), cache.v.index_select(1, local)
+                    cache.batch_size = rows.numel()
         if stop_when is not None and stop_when(nxt):
             break
     return idx

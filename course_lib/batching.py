@@ -39,6 +39,9 @@ def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
     pad_id = enc.eot_token if pad_id is None else pad_id
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
+    if isinstance(prompts, str) or bad is not None or not len(prompts):
+        raise TypeError(f"prompts must be a non-empty list of strings{'' if bad is None else f'; prompts[{bad}] is {prompts[bad]!r:.40}'}")
     rows = [encode_prompt(enc, p, block_size) for p in prompts]
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -66,6 +69,8 @@ def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temp
     """
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a list of strings, got {prompts!r:.60}; e.g. ['Meadow Farm', '农夫山泉']")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling_args(temperature, top_k, top_p, max_new_tokens, repetition_penalty)  # before any work

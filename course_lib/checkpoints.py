@@ -8,17 +8,17 @@ tensors and plain containers, so a file from the internet cannot take over your 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .files import atomic_torch_save, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_text
 from .paths import CHECKPOINTS, MANIFEST, display_path
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -51,19 +51,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"{shown} is empty (0 bytes): the save was interrupted. Re-create it.")
     if verify:
         verify_checkpoint(p)
+    sniff_checkpoint(p)
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # not a refused object: the bytes themselves are bad
+        found = refused_global(exc)
+        if found is None:  # not a refused object: the bytes themselves are bad
             raise CheckpointError(f"{shown} is truncated or corrupted (not a readable torch checkpoint). "
                                   "Re-create it (`make checkpoints`) and compare its sha256 with checkpoints/MANIFEST.json.") from None
         raise CheckpointError(
             f"refused to load {shown}: it contains Python objects other than tensors and plain containers "
-            f"({_refused_global(exc)}). Unpickling arbitrary objects can execute code hidden in the file, so "
+            f"(found {found}). Unpickling arbitrary objects can execute code hidden in the file, so "
             "weights_only=True blocks it. Re-save the checkpoint as a dict of tensors and plain values "
             "(e.g. {'h_params': dict, 'model_state_dict': model.state_dict()})."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001
+        # A damaged pickle can trip the unpickler anywhere (an empty stack, a missing memo entry, a
+        # short struct read, a bad zip): every such failure means the bytes are bad.
         raise CheckpointError(
             f"{shown} is truncated or corrupted ({_first_line(exc)}). Re-download or re-create it "
             "(`make checkpoints`), and compare its sha256 with checkpoints/MANIFEST.json."
@@ -73,9 +77,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return obj
 
 
-def _refused_global(exc: BaseException) -> str:
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    return f"found {found.group(1)}" if found else _first_line(exc)
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+PICKLE_PROTO = 0x80         # the legacy format (_use_new_zipfile_serialization=False) starts with a pickle PROTO opcode
+
+
+def sniff_checkpoint(path: Path) -> None:
+    """CheckpointError unless the file starts like something torch.save writes (a zip or a pickle).
+
+    Catches the usual wrong files before the unpickler does: a Git LFS pointer (the repository was
+    cloned without `git lfs pull`), a text file, an HTML error page saved as a download.
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    shown = display_path(path)
+    if head.startswith(LFS_POINTER):
+        raise CheckpointError(f"{shown} is a Git LFS pointer, not the checkpoint itself: run `git lfs pull` to download it.")
+    if head.startswith(ZIP_MAGIC) or head[0] == PICKLE_PROTO:
+        return
+    try:
+        text = head.decode("utf-8")
+        kind = "a text file" if "\0" not in text else None
+    except UnicodeDecodeError:
+        kind = None
+    start = repr(text[:24]) if kind else " ".join(f"{b:02x}" for b in head[:4])
+    raise CheckpointError(f"{shown} is not a torch checkpoint: it is {kind or 'binary data'} starting with {start} "
+                          "(torch.save writes a zip archive or a pickle); pass the .pt file itself.")
+
+
+# The weights-only unpickler's refusals (torch/_weights_only_unpickler.py): an import it will not
+# perform ("Unsupported global: GLOBAL x", "unsupported GLOBAL posix.system whose module posix is
+# blocked"), or a call/construction of something it does not know.
+_REFUSALS = (re.compile(r"GLOBAL ([\w.]+)"), re.compile(r"unrecognized function (.+?)(?: which belongs|$)"),
+             re.compile(r"Can only (?:create new object|build) [^\n]*?but got (.+)$"))
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The global the weights-only unpickler refused (e.g. "posix.system"), or None for any other failure."""
+    for line in str(exc).splitlines():
+        for pattern in _REFUSALS:
+            m = pattern.search(line.strip())
+            if m:
+                return m.group(1).strip().rstrip(".")
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -106,8 +150,27 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module."
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
+def check_state_dict(state_dict: object, path: str | Path = "state_dict", float_weights: bool = False) -> None:
+    """CheckpointError naming the key unless state_dict maps str keys to tensors.
+
+    float_weights=True also requires floating-point, finite tensors (a model whose weights hold NaN
+    produces NaN logits at the first generate, far from the cause)."""
+    shown = display_path(path) if path != "state_dict" else "state_dict"
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{shown}: the state dict must be a mapping of name -> tensor, got a {type(state_dict).__name__}; "
+                              "save model.state_dict()")
+    for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{shown}: state dict entry {k!r} is a {type(v).__name__}, not a tensor; save model.state_dict()")
+        if float_weights and not v.is_floating_point():
+            raise CheckpointError(f"{shown}: weight {k!r} has dtype {v.dtype}, expected floating point; the file is damaged, re-create it")
+        if float_weights and not torch.isfinite(v).all():
+            raise CheckpointError(f"{shown}: weight {k!r} holds NaN or inf (training diverged?); re-create the checkpoint")
+
+
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
     """`model.load_state_dict` with readable errors: the key diff, the prefix fix, the shape mismatch."""
+    check_state_dict(state_dict)
     want = model.state_dict()
     missing = [k for k in want if k not in state_dict]
     unexpected = [k for k in state_dict if k not in want]
@@ -139,8 +202,43 @@ def _few(keys: list[str], n: int = 4) -> str:
 # ---------------------------------------------------------------------------------- saving
 def atomic_save(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
     """torch.save to a temporary name in the same folder, then rename: never a half-written file.
-    Refuses to replace an existing file unless overwrite=True."""
-    return atomic_torch_save(obj, path, overwrite)
+
+    Refuses to replace an existing file unless overwrite=True, and refuses (CheckpointError, nothing
+    written) anything `load_checkpoint` would refuse — a non-dict, a numpy array, a custom class —
+    so the library never writes a checkpoint it cannot read.
+    """
+    check_saveable(obj)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    try:  # the final word: what weights_only=True reads back (the walk above gives the readable message)
+        torch.load(io.BytesIO(buf.getvalue()), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refusing to save {display_path(path)}: load_checkpoint (weights_only=True) would refuse it "
+                              f"(found {refused_global(exc) or _first_line(exc)}); save tensors and plain values only.") from None
+    return atomic_write_bytes(path, buf.getvalue(), overwrite)
+
+
+_PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def check_saveable(obj: Any, where: str = "checkpoint") -> None:
+    """CheckpointError naming the first entry weights_only=True cannot load (tensors, dicts, lists,
+    tuples, sets and plain values are fine); the top level must be a dict, as load_checkpoint expects."""
+    if where == "checkpoint" and not isinstance(obj, dict):
+        raise CheckpointError(f"refusing to save a {type(obj).__name__}: a checkpoint is a dict of named entries, "
+                              "e.g. {'model_state_dict': model.state_dict()}.")
+    if type(obj) in (torch.Tensor, torch.nn.Parameter) or isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, (dict, list, tuple, set, frozenset)) and type(obj).__module__ in ("builtins", "collections"):
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for k, v in items:
+            check_saveable(k, f"{where} key") if isinstance(obj, dict) else None
+            check_saveable(v, f"{where}[{k!r}]")
+        return
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    fix = " (convert it with torch.from_numpy)" if type(obj).__module__.startswith("numpy") else ""
+    raise CheckpointError(f"refusing to save: {where} is a {kind}, which load_checkpoint (weights_only=True) refuses; "
+                          f"store tensors and plain values only{fix}.")
 
 
 def half_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

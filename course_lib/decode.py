@@ -11,6 +11,7 @@ sampled token is discarded, and the loop ends when every row is finished.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -19,17 +20,33 @@ from .sampling import SamplingSettings, check_sampling_args
 from .stopping import StopCriteria
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+_WARNED_TRAINING: weakref.WeakSet = weakref.WeakSet()  # models already warned about train() mode
 
 
-def encode_prompt(enc, prompt: str, block_size: int) -> list[int]:
+def warn_if_training(model) -> None:
+    """Warn once per model: in train() mode dropout is on, so even greedy tokens differ run to run."""
+    if getattr(model, "training", False) and model not in _WARNED_TRAINING:
+        _WARNED_TRAINING.add(model)
+        warnings.warn("generating with a model in training mode: dropout is active, so even greedy tokens change "
+                      "from run to run; call model.eval() first", stacklevel=3)
+
+
+def encode_prompt(enc, prompt: str, block_size: int, allowed_special: str | set[str] = frozenset()) -> list[int]:
     """Token ids for one prompt, always usable by the model.
 
     An empty prompt starts from <|endoftext|> (the token every training document starts with),
     so the model samples a line from scratch instead of failing on a (1, 0) tensor. A prompt
     longer than the context keeps its last `block_size` tokens, with a warning: the model cannot
     attend further back anyway, and an index error would teach nothing.
+
+    Text that looks like a special token ("<|endoftext|>") is encoded as the plain characters it
+    is, the way the training data was encoded, so a prompt cannot inject control tokens;
+    allowed_special="all" (or a set of names) turns such text into the special tokens instead.
     """
-    ids = enc.encode(prompt) if prompt else [enc.eot_token]
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__} {prompt!r:.40}; "
+                        "use \"\" to start from <|endoftext|>")
+    ids = enc.encode(prompt, allowed_special=allowed_special, disallowed_special=()) if prompt else [enc.eot_token]
     if len(ids) > block_size:
         warnings.warn(f"prompt has {len(ids)} tokens but the context holds {block_size}: "
                       f"keeping the last {block_size} tokens", stacklevel=2)
@@ -77,6 +94,7 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
     check_sampling_args(max_new_tokens=max_new_tokens)
+    warn_if_training(model)
     if stop is not None and enc is None:
         from .tokenizer import get_encoding  # the course model's tokenizer
         enc = get_encoding()

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 from .paths import display_path
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -39,7 +40,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], overwrite: 
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
@@ -83,3 +84,42 @@ def claim_numbered_folder(root: str | Path, prefix: str = "", width: int = 0, fi
             return path
         except FileExistsError:
             n += 1
+
+
+def check_output_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse (ValueError, one line naming `flag`) a folder that cannot be created or written, before any compute.
+
+    Walks up to the nearest existing ancestor: a file there, a broken link, or a folder where a
+    test folder cannot be made (read-only, /proc, ...) is refused. Creates nothing.
+    """
+    root = Path(path)
+    probe = root
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise ValueError(f"{flag} {display_path(root)}: {display_path(probe)} is a broken link; pass another {flag}")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {display_path(root)} cannot be created: {display_path(probe)} is a file, "
+                         f"not a folder; pass another {flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=probe))
+    except OSError as exc:
+        raise ValueError(f"{flag} {display_path(root)} cannot be created: {display_path(probe)} is not writable "
+                         f"({exc.strerror}); pass another {flag}") from None
+
+
+def claim_folder(path: str | Path, marker: str, text: str = "") -> Path:
+    """Claim `path` for this run: create it (parents too) if needed, then create path/marker exclusively.
+
+    O_EXCL creation either makes the file or fails, so of two runs given the same path exactly
+    one wins; the other gets FileExistsError, as does a folder that already holds anything.
+    The marker (e.g. the run's arguments) stays: it tells the next run the folder is taken.
+    """
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    if any(c.name != marker for c in p.iterdir()):
+        raise FileExistsError(f"{display_path(p)} already holds files; earlier runs are never overwritten")
+    fd = os.open(p / marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # FileExistsError if another run holds it
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return p

@@ -7,6 +7,9 @@ load_state_dict → eval → to(device) — with safe loading and readable error
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from numbers import Integral, Real
 from pathlib import Path
 
 import torch
@@ -14,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .beam import beam_search, check_beam_args
-from .checkpoints import get_entry, load_checkpoint, load_weights
+from .checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
 from .decode import generate_ids
+from .device import pick_device
 from .kv_cache import KVCache
 from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights, num_params, rope_angles, run_blocks
-from .paths import TEXT_MODEL
+from .paths import TEXT_MODEL, display_path
 from .scoring import sequence_logprob, sequence_logprobs
 
 __all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "DEFAULT_H_PARAMS"]
@@ -35,14 +39,33 @@ DEFAULT_H_PARAMS = {
 REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head", "block_size")
 
 
+def check_h_params(h_params: object) -> None:
+    """ValueError naming the key for h_params the model cannot be built from ("32", 3.0, None, n_embd % n_head)."""
+    if not isinstance(h_params, Mapping):
+        raise ValueError(f"h_params must be a dict, got {type(h_params).__name__}")
+    missing = [k for k in REQUIRED if k not in h_params]
+    if missing:
+        raise ValueError(f"h_params is missing {missing}; it needs at least {list(REQUIRED)}")
+    for k in REQUIRED:
+        v = h_params[k]
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
+            raise ValueError(f"h_params[{k!r}] must be an int >= 1, got {v!r} ({type(v).__name__})")
+    hp = {**DEFAULT_H_PARAMS, **h_params}
+    if hp["n_embd"] % hp["n_head"] or (hp["n_embd"] // hp["n_head"]) % 2:
+        raise ValueError(f"h_params: n_embd {hp['n_embd']} must split into n_head {hp['n_head']} heads of even size (rotary pairs)")
+    d, theta = hp["dropout"], hp["rope_theta"]
+    if isinstance(d, bool) or not isinstance(d, Real) or not 0 <= d < 1:
+        raise ValueError(f"h_params['dropout'] must be a number in [0, 1), got {d!r}")
+    if isinstance(theta, bool) or not isinstance(theta, Real) or not math.isfinite(theta) or theta <= 0:
+        raise ValueError(f"h_params['rope_theta'] must be a finite number > 0, got {theta!r}")
+
+
 class GPT(nn.Module):
     """Token embedding → n_layer causal blocks → RMSNorm → output head tied to the embedding."""
 
     def __init__(self, h_params: dict):
         super().__init__()
-        missing = [k for k in REQUIRED if k not in h_params]
-        if missing:
-            raise ValueError(f"h_params is missing {missing}; it needs at least {list(REQUIRED)}")
+        check_h_params(h_params)
         self.h_params = {**DEFAULT_H_PARAMS, **h_params}
         hp = self.h_params
         self.block_size = hp["block_size"]
@@ -194,8 +217,14 @@ class GPT(nn.Module):
 
 def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
     """Seed 001's recipe: load → rebuild from h_params → load_state_dict → eval() → to(device)."""
+    device = pick_device(device if isinstance(device, str) else str(device), verbose=False)  # "cuda" without CUDA: say so
     path = TEXT_MODEL if path is None else Path(path)
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = GPT(get_entry(ckpt, "h_params", path))
-    load_weights(model, get_entry(ckpt, "model_state_dict", path), strict=True)
+    try:
+        model = GPT(get_entry(ckpt, "h_params", path))
+    except ValueError as exc:
+        raise CheckpointError(f"{display_path(path)}: {exc}; the checkpoint's h_params are damaged, re-create it") from None
+    sd = get_entry(ckpt, "model_state_dict", path)
+    check_state_dict(sd, path, float_weights=True)
+    load_weights(model, sd, strict=True)
     return model.eval().to(device)

@@ -9,8 +9,11 @@ so a run never overwrites an earlier one. A YAML file may give parameters per no
     04:            # a notebook's number works too
       seed: 3
 
-Unknown notebook names or parameters that a notebook does not declare are rejected before
-anything runs (exit code 2), so a typo cannot silently run with the defaults.
+Unknown notebook names or parameters that a notebook does not declare, a notebook named twice
+(`04:` and `04_act_halting_loops:`), a parameters file that is not UTF-8 text (a BOM is fine) and
+an --out that cannot be created are rejected before anything runs (exit code 2), so a typo cannot
+silently run with the defaults. Ctrl-C ends with one line and exit code 130: notebooks finished
+so far stay, the one that was running leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from .files import claim_numbered_folder
+from .files import check_output_folder, claim_numbered_folder
 from .paths import NOTEBOOKS, REPO_ROOT, display_path
 
 
@@ -57,13 +60,18 @@ def resolve_params(spec: dict, books: list[Path]) -> dict[Path, dict]:
         by_key[p.stem] = p
         by_key[p.stem.split("_")[0]] = p
     resolved: dict[Path, dict] = {}
+    given: dict[Path, str] = {}
     for key, params in (spec or {}).items():
-        key = f"{key:02d}" if isinstance(key, int) else str(key)
+        key = f"{key:02d}" if isinstance(key, int) and not isinstance(key, bool) else str(key)
         if key not in by_key:
             raise ValueError(f"unknown notebook {key!r} in the parameters file; known: {', '.join(p.stem for p in books)}")
         if not isinstance(params, dict):
             raise ValueError(f"parameters for {key!r} must be a mapping name: value, got {params!r}")
         nb = by_key[key]
+        if nb in given:
+            raise ValueError(f"the parameters file names {nb.stem} twice ({given[nb]!r} and {key!r}); "
+                             "merge them under one key")
+        given[nb] = key
         allowed = declared_parameters(nb)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
@@ -96,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.params is not None:
         import yaml
         if not args.params.is_file():
-            ap.error(f"parameters file not found: {args.params}")
+            ap.error(f"parameters file not found: {display_path(args.params)}")
         try:
-            spec = yaml.safe_load(args.params.read_text(encoding="utf-8")) or {}
+            spec = yaml.safe_load(read_text_file(args.params)) or {}
+        except ValueError as exc:
+            ap.error(str(exc))
         except yaml.YAMLError as exc:
-            ap.error(f"{args.params} is not valid YAML: {exc}")
+            ap.error(f"{display_path(args.params)} is not valid YAML: {' '.join(str(exc).split())}")
         if not isinstance(spec, dict):
             ap.error(f"{args.params} must map notebook names to parameter mappings")
     try:
@@ -113,10 +123,43 @@ def main(argv: list[str] | None = None) -> int:
         if not books:
             ap.error(f"--only {args.only} matched no notebook")
 
+    try:
+        check_output_folder(args.out, "--out")
+    except ValueError as exc:
+        ap.error(str(exc))
+
     import papermill as pm
 
     run_dir = new_run_dir(args.out)
     print(f"executing {len(books)} notebooks into {display_path(run_dir)}")
+    try:
+        failed = _execute(pm, books, params, run_dir)
+    except KeyboardInterrupt:
+        for tmp in run_dir.glob(".*.partial.ipynb"):
+            tmp.unlink()
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        print("interrupted (Ctrl-C): the notebooks finished so far are kept; the one that was running was removed",
+              file=sys.stderr)
+        return 130
+    print(f"{len(books) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (BOM stripped); ValueError naming the fix for binary or non-UTF-8 bytes."""
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"{display_path(path)} looks binary (it contains NUL bytes); pass a UTF-8 YAML text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{display_path(path)} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         "save it as UTF-8 and run again") from None
+
+
+def _execute(pm, books: list[Path], params: dict[Path, dict], run_dir: Path) -> list[str]:
+    """Run each notebook into run_dir (via a hidden .partial file, renamed when done); return the failed names."""
     failed = []
     for nb in books:
         start = time.time()
@@ -132,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             if tmp.exists():
                 os.replace(tmp, run_dir / f"{nb.stem}.FAILED.ipynb")
             print(f"  FAIL  {nb.name}  {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}")
-    print(f"{len(books) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

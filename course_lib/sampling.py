@@ -15,23 +15,36 @@ operations for a single call. The loops built on this step live in their own mod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
+
+MIN_TEMPERATURE = 1e-6  # smallest temperature > 0: |logit| / 1e-6 stays far below float32's 3.4e38
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         max_new_tokens: int | None = None, repetition_penalty: float = 1.0) -> None:
-    """Raise ValueError naming the argument and its allowed range."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature != temperature or temperature < 0:
+    """Raise ValueError naming the argument and its allowed range.
+
+    NumPy scalars count as numbers (np.float32(0.7), np.int64(5)). A temperature between 0 and
+    MIN_TEMPERATURE is refused: logits / 1e-300 overflow to inf and the softmax turns into NaN.
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or temperature != temperature or temperature < 0:
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if math.isinf(temperature):
+        raise ValueError("temperature must be finite (inf would make every token equally likely); use a value such as 1.0")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature {temperature!r} is too small to divide by (the logits overflow to inf, then NaN); "
+                         f"use 0 for greedy or a value >= {MIN_TEMPERATURE}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0):
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float))
+    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, Real)
             or not repetition_penalty > 0 or repetition_penalty == float("inf")):
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 = off, > 1 discourages repeats), "
                          f"got {repetition_penalty!r}")
@@ -78,6 +91,9 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         check_sampling_args(self.temperature, self.top_k, self.top_p, None, self.repetition_penalty)
+        for name, cast in (("temperature", float), ("top_k", int), ("top_p", float), ("repetition_penalty", float)):
+            if getattr(self, name) is not None:  # NumPy scalars become plain Python numbers
+                object.__setattr__(self, name, cast(getattr(self, name)))
 
     def filter(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature → top-k → top-p on (..., vocab) logits; removed entries are -inf."""

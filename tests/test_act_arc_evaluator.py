@@ -107,9 +107,10 @@ def test_result_needs_labels():
 
 
 def test_wilson_interval_known_values():
-    from course_lib.act.split_metrics import wilson_interval
-    lo, hi = wilson_interval(0.5, 100)
+    from course_lib.stats import fmt_rate, rate, wilson
+    lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
-    assert wilson_interval(1.0, 6)[1] == pytest.approx(1.0) and wilson_interval(1.0, 6)[0] == pytest.approx(0.6097, abs=1e-4)
-    with pytest.raises(ValueError):
-        wilson_interval(0.5, 0)
+    assert wilson(6, 6)[1] == pytest.approx(1.0) and wilson(6, 6)[0] == pytest.approx(0.6097, abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)  # no data: every rate is possible
+    assert rate(3, 4) == {"rate": 0.75, "k": 3, "n": 4, "ci95": [0.3006, 0.9544]}
+    assert fmt_rate(rate(0, 0)).startswith("n/a")

@@ -50,7 +50,7 @@ def test_truncated_and_empty_files(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="not a torch checkpoint: it is a text file"):
         load_checkpoint(tmp_path / "junk.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):

@@ -1,10 +1,20 @@
-"""The listing corpus: the grammar check accepts what the generator makes and names why a line fails."""
+"""The listing grammar: its size, its held-out split, and a parser that names what is wrong."""
 
 import random
 
 import pytest
 
-from course_lib.corpus import BRANDS, CATALOG, check_listing, generate_corpus, is_well_formed
+from course_lib.corpus import (
+    BRANDS,
+    CATALOG,
+    check_listing,
+    enumerate_listings,
+    generate_corpus,
+    grammar_size,
+    is_well_formed,
+    split_of,
+)
+from course_lib.train.text import TRAIN_SEED, build_parser
 
 
 def test_deterministic_and_varied():
@@ -44,6 +54,12 @@ def test_every_brand_generates():
     ("", "empty"),
     (" 农夫山泉 天然水 550ml 瓶装", "whitespace"),
     ("农夫山泉 天然水 550ml 瓶装\x00", "packaging"),
+    ("农夫山泉 天然水 550ml 瓶装 有机 新品", "unexpected"),              # tags out of order
+    ("农夫山泉 天然水 550ml 瓶装 新品 新品", "unexpected"),              # a tag twice
+    ("Sunbeam Instant Ramen Beef 105g Bag, Organic, New", "unexpected"),
+    ("Sunbeam Instant Ramen Beef 105g Bag New", "multipack or tag"),   # missing comma
+    ("Sunbeam Instant Ramen Beef 105g Bag, Pack of 5, 新品", "unexpected"),  # a Chinese tag on an English line
+    ("蒙牛 纯牛奶 Low Fat 250ml 盒装", "size"),                        # an English modifier on a Chinese line
 ])
 def test_corrupted_lines_rejected_with_reason(line, reason):
     ok, why = check_listing(line)
@@ -63,3 +79,41 @@ def test_random_corruptions_rejected():
             rejected += not is_well_formed(" ".join(shuffled))
     # a shuffle can only survive if it happens to produce the same string
     assert rejected >= 295
+
+
+def test_grammar_has_over_a_million_lines_and_the_count_is_exact():
+    assert grammar_size() >= 1_000_000
+    assert grammar_size() == sum(grammar_size(b) for b in BRANDS)
+    for brand in ("Sunbeam", "怡宝"):  # enumerate two brands: the formula counts distinct, well-formed lines
+        lines = list(enumerate_listings(brand))
+        assert len(lines) == len(set(lines)) == grammar_size(brand)
+        assert all(is_well_formed(line) and line.startswith(brand) for line in lines[::53])
+
+
+def test_split_is_fixed_and_about_ten_percent():
+    lines = list(enumerate_listings("康师傅"))
+    held = [line for line in lines if split_of(line) == "heldout"]
+    assert 0.08 < len(held) / len(lines) < 0.12
+    assert split_of("农夫山泉 天然水 550ml 瓶装") == split_of("农夫山泉 天然水 550ml 瓶装")  # no per-process hash salt
+    assert {split_of(line) for line in lines} == {"train", "heldout"}
+
+
+def test_generate_corpus_respects_the_split():
+    assert all(split_of(line) == "heldout" for line in generate_corpus(300, seed=1, split="heldout"))
+    assert all(split_of(line) == "train" for line in generate_corpus(300, seed=1, split="train"))
+    mixed = generate_corpus(3000, seed=1, split=None)
+    assert 0.05 < sum(split_of(line) == "heldout" for line in mixed) / len(mixed) < 0.15
+    with pytest.raises(ValueError, match="split"):
+        generate_corpus(3, seed=1, split="test")
+
+
+def test_the_real_training_stream_never_contains_a_heldout_line():
+    """The stream the shipped model was trained on (the recipe's defaults) is disjoint from the held-out split."""
+    args = build_parser().parse_args([])
+    stream = generate_corpus(args.lines, args.seed, split="train")
+    assert args.seed == TRAIN_SEED and len(stream) == args.lines
+    assert not [line for line in stream if split_of(line) == "heldout"]
+    # and the held-out lines the recipe measures on are absent from it
+    from course_lib.train.text import EVAL_LINES, HELDOUT_SEED
+    held = generate_corpus(EVAL_LINES, HELDOUT_SEED, split="heldout")
+    assert not set(held) & set(stream)

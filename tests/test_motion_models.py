@@ -170,7 +170,8 @@ def test_text_encoder_is_order_aware_and_pads_safely():
 def test_wilson_interval_and_novel_heldout_captions_are_absent_from_training():
     from course_lib.motion.data import TRAIN_SEED
     from course_lib.motion.synth import make_dataset
-    from course_lib.train.motion_trans import novel_heldout, wilson_interval
+    from course_lib.stats import wilson as wilson_interval
+    from course_lib.train.motion_trans import novel_heldout
 
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
     lo, hi = wilson_interval(50, 100)

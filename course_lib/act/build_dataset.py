@@ -36,10 +36,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import check_output_folder, current_umask
 from ..paths import display_path
 from . import puzzles as P
 
 PERMS = list(itertools.permutations(range(1, P.SIDE + 1)))
+# How many puzzles the space holds (4-12 blanks, unique solution). There are 4,628 classes under the
+# 3072 Sudoku symmetries (`puzzles.puzzle_classes`): the most a test split can keep, since its
+# puzzles are distinct up to symmetry. `generate_bases` draws puzzles distinct under the 192
+# augmentations (8 dihedral x 24 digit orders), a subgroup of index 16, so each class splits into 2
+# to 16 of those: 70,411 in all (counted once by mapping all 13,378,944 puzzles, every image of every
+# class, to `augmentation_keys`). Asking for more in train and test together would search forever.
+PUZZLE_CLASSES = 4628
+AUGMENTATION_CLASSES = 70411
+
+
+def check_sizes(num_train: int, num_test: int) -> None:
+    """ValueError (one line, with the maximum) for split sizes the puzzle space cannot hold."""
+    if num_test > PUZZLE_CLASSES:
+        raise ValueError(f"--num-test {num_test} is more than the puzzle space holds: test puzzles are distinct up to the "
+                         f"Sudoku symmetries and there are only {PUZZLE_CLASSES:,} classes; use --num-test <= {PUZZLE_CLASSES}")
+    if num_train + num_test > AUGMENTATION_CLASSES:
+        raise ValueError(f"--num-train {num_train} + --num-test {num_test} is more than the puzzle space holds: there are at most "
+                         f"{AUGMENTATION_CLASSES:,} puzzles distinct under the augmentations; keep the sum <= {AUGMENTATION_CLASSES}")
 
 
 def augmentation_keys(grids: np.ndarray) -> np.ndarray:
@@ -149,6 +168,7 @@ def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 
     drawn from the puzzle classes none of those training sets touches.
     """
     out = Path(out)
+    check_sizes(num_train, num_test)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{display_path(out)} already exists and is not empty; pick a new --out folder")
     for d in exclude_train:
@@ -165,6 +185,9 @@ def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 
              "excluded_train_sets": ["this dataset", *(display_path(Path(d)) for d in exclude_train)]}
     if unseen_classes:
         test, free = unseen_class_bases(np.random.default_rng([seed, 3]), num_test, seen)
+        if free < num_test:
+            raise ValueError(f"--num-test {num_test} --unseen-classes: the training set(s) leave only {free} puzzle classes "
+                             f"unseen; use --num-test <= {free} or a smaller --num-train")
         keep = None
         extra |= {"selection": "puzzle classes absent from the training sets", "unseen_classes_available": free}
     else:
@@ -173,14 +196,19 @@ def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 
                   "removed_equivalent_to_train": in_train, "removed_repeats": repeats}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes a private 0700 folder; the dataset gets the usual permissions
     try:
         names = ["<blank>"]
         write_split(tmp, "train", train, train_aug, np.random.default_rng([seed, 1]), names, seed)
         write_split(tmp, "test", test, test_aug, np.random.default_rng([seed, 2]), names, seed, keep, extra)
         (tmp / "identifiers.json").write_text(json.dumps(names) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        try:
+            # rename(2) replaces an empty folder but fails on a non-empty one: of two runs with the
+            # same --out, the second to finish is refused instead of mixing or replacing the first.
+            os.rename(tmp, out)
+        except OSError:
+            raise FileExistsError(f"--out {display_path(out)} was created by another run meanwhile; "
+                                  "this run's dataset was discarded: pick a new --out folder") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -211,8 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--train-aug and --test-aug must be in 0..191 (8 dihedral x 24 digit permutations, minus identity)")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         ap.error(f"--out {display_path(args.out)} already exists; pick a new folder (runs are never overwritten)")
-    out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug,
-                args.exclude_train, args.unseen_classes)
+    try:
+        check_output_folder(args.out, "--out")
+        check_sizes(args.num_train, args.num_test)
+    except ValueError as exc:
+        ap.error(str(exc))
+    try:
+        out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug,
+                    args.exclude_train, args.unseen_classes)
+    except (FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for split in ("train", "test"):
         meta = json.loads((out / split / "dataset.json").read_text())
         print(f"{split}: {meta['num_puzzles']} puzzles, {meta['num_examples']} examples -> {display_path(out / split)}")

@@ -7,6 +7,7 @@ the folder is the run, the file is one moment of it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from ..checkpoints import CheckpointError, common_prefix, load_checkpoint, load_weights, strip_prefix
 from ..paths import CHECKPOINTS, display_path
-from .model import ACTReasoner
+from .model import DEFAULT_CONFIG, ACTReasoner
 
 CONFIG_NAME = "all_config.json"
 SHIPPED = CHECKPOINTS / "act" / "step_8000"
@@ -32,9 +33,36 @@ def load_config(path: str | Path) -> dict:
         raise CheckpointError(f"no {CONFIG_NAME} beside {display_path(path)}: the model cannot be rebuilt without it. "
                               "Keep the config file in the same folder as the step file.")
     try:
-        return json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{display_path(cfg_path)} is not valid JSON ({exc}).") from None
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise CheckpointError(f"{display_path(cfg_path)} is not valid UTF-8 JSON ({exc}); restore the config saved with the checkpoint.") from None
+    check_config(cfg, cfg_path)
+    return cfg
+
+
+def check_config(cfg: object, path: str | Path = CONFIG_NAME) -> None:
+    """CheckpointError (one line, naming the key) unless cfg is a dict of known keys with values of the right type."""
+    shown = display_path(path)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{shown} must hold a JSON object of config keys, got a {type(cfg).__name__}; "
+                              "restore the config saved with the checkpoint.")
+    unknown = sorted(set(cfg) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise CheckpointError(f"{shown}: unknown config key(s) {unknown}; known: {', '.join(sorted(DEFAULT_CONFIG))}.")
+    for key, value in cfg.items():
+        default = DEFAULT_CONFIG[key]
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "an integer >= 1"
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            want = "a finite number >= 0"
+        if not ok:
+            raise CheckpointError(f"{shown}: {key!r} must be {want}, got {value!r}; fix the value or restore the saved config.")
+    merged = {**DEFAULT_CONFIG, **cfg}
+    if merged["hidden_size"] % merged["num_heads"]:
+        raise CheckpointError(f"{shown}: hidden_size {merged['hidden_size']} is not divisible by num_heads {merged['num_heads']}.")
 
 
 def load_reasoner(path: str | Path = SHIPPED, device: str | torch.device = "cpu") -> ACTReasoner:

@@ -8,23 +8,32 @@ Flow (as in the seed): load the config beside the checkpoint → rebuild the mod
 weights, eval() → for each batch of the test split, call the model again and again with its
 carry until every row has halted → ARC evaluator (voting over augmented copies) → save.
 
-Deviation from the seed, on purpose: outputs go to `--output_dir` (default: a new folder under
-runs/act_inference/, outside git), NOT into the checkpoint's folder — the shipped checkpoints/
-stay read-only, and an earlier run is never overwritten.
+Deviation from the seed, on purpose: outputs go to `--output_dir` (default: a new numbered folder
+runs/act_inference/run-NNN, outside git), NOT into the checkpoint's folder — the shipped
+checkpoints/ stay read-only. The folder is claimed at the START (its run.json is created
+exclusively), so an earlier run is never overwritten: a second run given the same --output_dir
+is refused (exit 2), and two runs started at the same moment get different default folders.
+A failed or interrupted run (Ctrl-C: one line, exit 130) removes what it claimed.
+
+Several --data_paths are scored separately: each dataset's metrics and puzzle ids carry a key
+unique to its path (its folder name, or as many parent folders as it takes to tell two apart:
+a/ds and b/ds become "a/ds" and "b/ds"), so datasets never vote together.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from ..checkpoints import CheckpointError
 from ..device import pick_device
+from ..files import check_output_folder, claim_folder, claim_numbered_folder
 from ..paths import RUNS, display_path
 from .arc_evaluator import ARCEvaluator
 from .checkpoint import load_reasoner, step_of
@@ -34,6 +43,8 @@ from .loss import METRIC_NAMES, ACTLossHead
 
 SAVE_KEYS = ("preds", "inputs", "labels", "puzzle_identifiers", "q_halt_logits", "q_continue_logits", "logits", "steps")
 BAR = "=" * 60
+DEFAULT_ROOT = RUNS / "act_inference"
+CLAIM = "run.json"  # created exclusively at the start: the folder belongs to this run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,18 +71,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--batch_size must be >= 1")
     if not 0.0 <= args.threshold <= 1.0:
         ap.error("--threshold is a probability: use a value in [0, 1]")
-    if args.output_dir is not None and args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
+    if args.output_dir is not None and args.output_dir.is_dir() and any(args.output_dir.iterdir()):
         ap.error(f"--output_dir {display_path(args.output_dir)} already exists and is not empty; "
                  "pick a new folder (earlier runs are never overwritten)")
+    try:
+        check_output_folder(args.output_dir or DEFAULT_ROOT, "--output_dir")
+        args.dataset_keys = dataset_keys(args.data_paths)
+    except ValueError as exc:
+        ap.error(str(exc))
     return args
 
 
-def new_run_dir() -> Path:
-    base = RUNS / "act_inference" / time.strftime("run_%Y%m%d-%H%M%S")
-    out, i = base, 1
-    while out.exists():
-        out, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return out
+def dataset_keys(paths: list[str] | list[Path]) -> list[str]:
+    """A short key per dataset path, unique among them: the folder name, or more of its parents if
+    two share a name (a/ds, b/ds -> "a/ds", "b/ds"). The same folder twice is a ValueError."""
+    full = [Path(os.path.abspath(p)) for p in paths]
+    seen: dict[Path, str] = {}
+    for p, given in zip(full, paths, strict=True):
+        if p in seen:
+            raise ValueError(f"--data_paths lists {display_path(p)} twice ({seen[p]!r} and {str(given)!r}); list each dataset once")
+        seen[p] = str(given)
+    keys = []
+    for p in full:
+        n = 1
+        while n < len(p.parts) and sum(q.parts[-n:] == p.parts[-n:] for q in full) > 1:
+            n += 1
+        keys.append("/".join(p.parts[-n:]))
+    return keys
+
+
+def claim_output_dir(output_dir: Path | None, argv_record: dict) -> tuple[Path, bool]:
+    """Claim the output folder now, before any compute -> (folder, whether this run created it).
+
+    A given --output_dir is claimed by creating its run.json exclusively (FileExistsError if another
+    run holds it); the default is the next free runs/act_inference/run-NNN (mkdir is atomic)."""
+    text = json.dumps(argv_record, indent=2, default=str) + "\n"
+    if output_dir is None:
+        out = claim_numbered_folder(DEFAULT_ROOT, prefix="run-", width=3, first=1)
+        (out / CLAIM).write_text(text, encoding="utf-8")
+        return out, True
+    created = not output_dir.exists()
+    return claim_folder(output_dir, CLAIM, text), created
+
+
+def release_output_dir(out_dir: Path, created: bool) -> None:
+    """Undo the claim of a failed or interrupted run: remove what it wrote (and the folder if it made it)."""
+    if created:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        for child in out_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def save_tensors(obj: dict, path: Path) -> None:
@@ -81,6 +130,15 @@ def save_tensors(obj: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a Ctrl-C ends with one line and exit code 130, leaving no output folder behind."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): nothing was saved; the output folder this run claimed was removed", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     # Validate everything that can fail BEFORE computing or writing anything.
     try:
@@ -94,12 +152,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --checkpoint: {exc}", file=sys.stderr)
         return 2
     try:
-        sets = {Path(p): load_split(p, "test") for p in args.data_paths}
+        sets = {key: (Path(p), load_split(p, "test")) for key, p in zip(args.dataset_keys, args.data_paths, strict=True)}
     except DataError as exc:
         print(f"error: --data_paths: {exc}", file=sys.stderr)
         return 2
     step = step_of(args.checkpoint)
-    out_dir = args.output_dir or new_run_dir()
+    try:
+        record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}
+        out_dir, created = claim_output_dir(args.output_dir, record)
+    except FileExistsError:
+        print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
+              "pick a new folder (earlier runs are never overwritten)", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, model, device, sets, step, out_dir)
+    except BaseException:
+        release_output_dir(out_dir, created)
+        raise
+
+
+def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step: int, out_dir: Path) -> int:
     head = ACTLossHead(model).eval()
     multi = len(sets) > 1
 
@@ -107,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print("Inference configuration")
     print(BAR)
     print(f"Checkpoint: {display_path(args.checkpoint)}")
-    print(f"Datasets: {[display_path(p) for p in sets]}")
+    print(f"Datasets: {[display_path(p) for p, _ in sets.values()]}")
     print(f"Max batches: {args.max_batches if args.max_batches else 'all'}")
     print(f"Save outputs: {args.save_outputs}")
     halt_desc = f"max {model.config['halt_max_steps']} steps" + (f", threshold {args.threshold}" if args.halting == "dynamic" else "")
@@ -122,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     evaluator = ARCEvaluator([])
     per_set: dict[str, dict[str, float]] = {}
     batch_no = 0
-    for path, pset in sets.items():
-        set_name = f"{path.name}/all" if multi else "all"
+    for key, (_, pset) in sets.items():
+        set_name = f"{key}/all" if multi else "all"
         offset = len(evaluator.names)
-        # Namespace the puzzle ids of each dataset so that two datasets never vote together.
-        evaluator.names.extend(f"{path.name}/{n}" if multi and i else n for i, n in enumerate(pset.names))
+        # Namespace the puzzle ids of each dataset by its unique key so that two datasets never vote together.
+        evaluator.names.extend(f"{key}/{n}" if multi and i else n for i, n in enumerate(pset.names))
         sums: dict[str, float] = {}
         n_batches = -(-len(pset) // args.batch_size)
         if args.max_batches:
@@ -157,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     print("Running evaluator 1/1: ARC")
     arc = evaluator.result()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     preds_path = out_dir / f"step_{step}_all_preds.0"
     save_tensors({k: torch.cat(v) for k, v in saved.items()}, preds_path)
     sub_path = evaluator.write_submission(out_dir / f"evaluator_ARC_step_{step}")

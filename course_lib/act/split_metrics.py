@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..stats import wilson
 from .data import PuzzleSet
 from .halting import run_dynamic, run_forced
 from .loss import METRIC_NAMES, ACTLossHead
@@ -37,17 +36,6 @@ def evaluate_set(model: ACTReasoner, pset: PuzzleSet, batch_size: int = 500, hal
     return {k: sums[k] / count for k in METRIC_NAMES}
 
 
-def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a rate measured on n independent trials (sound at 0% and 100%)."""
-    if n <= 0:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def score_with_intervals(model: ACTReasoner, pset: PuzzleSet, device="cpu", threshold: float = 0.5) -> dict:
     """Forced and dynamic metrics on a split, each rate with a 95% Wilson interval.
 
@@ -60,6 +48,6 @@ def score_with_intervals(model: ACTReasoner, pset: PuzzleSet, device="cpu", thre
         m = evaluate_set(model, pset, halting=mode, threshold=threshold, device=device)
         out[mode] = {k: round(v, 4) for k, v in m.items()}
         for k in ("exact_accuracy", "accuracy"):
-            out[mode][f"{k}_ci95"] = [round(x, 4) for x in wilson_interval(m[k], n)]
+            out[mode][f"{k}_ci95"] = [round(x, 4) for x in wilson(m[k] * n, n)]
     out["steps_saved"] = round(1 - out["dynamic"]["steps"] / out["forced"]["steps"], 4)
     return out

@@ -16,7 +16,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from ..files import atomic_write_bytes
+from ..plots import use_course_font
 from .skeleton import KINEMATIC_CHAINS
+
+use_course_font()  # GIF titles may be Chinese prompts
 
 CHAIN_COLORS = ["#d62728", "#1f77b4", "#333333", "#ff7f0e", "#2ca02c"]  # right leg, left leg, spine, right arm, left arm
 

@@ -36,20 +36,12 @@ from ..motion.synth import ACTIONS, make_dataset
 from ..motion.text_encoder import TextEncoder, WordTokenizer
 from ..motion.vqvae import load_vqvae
 from ..paths import display_path
+from ..stats import wilson
 from .common import add_run_args, setup_run
 from .motion_classifier import per_action_accuracy
 
 TEXT_CONFIG = {"clip_dim": 64, "n_layer": 2, "n_head": 4, "dropout": 0.0}
 EVAL_TEMPERATURES = (0.7, 1.0, 2.0, 3.0)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes in n trials (sane at 0% and 100%, unlike p ± 1.96·se)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def novel_heldout(n_heldout: int, train_captions: list[str]) -> tuple[list[str], list[str], int]:
@@ -67,7 +59,7 @@ def text_to_motion_accuracy(pipe: MotionPipeline, judge, prompts: list[str], tru
     motions = [m for i in range(0, len(prompts), batch) for m in pipe.generate(prompts[i:i + batch], temperature=temperature, generator=g)]
     pred = judge.predict([pipe.norm.norm(torch.from_numpy(m.features)) for m in motions])
     k = sum(p == t for p, t in zip(pred, true, strict=True))
-    lo, hi = wilson_interval(k, len(true))
+    lo, hi = wilson(k, len(true))
     per = per_action_accuracy(pred, true)
     return {"accuracy": round(k / len(true), 4), "correct": k, "n": len(true), "ci95": [round(lo, 4), round(hi, 4)],
             "per_action": per, "min_per_action": min(per.values()),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import atomic_save, half_state_dict, read_manifest, update_manifest
+from ..checkpoints import atomic_save, half_state_dict, manifest_key, read_manifest, update_manifest
 from ..corpus import BRANDS, HELDOUT_PERCENT, generate_corpus, grammar_size, is_well_formed, split_of
 from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
 from ..paths import TEXT_MODEL, display_path
@@ -35,6 +35,7 @@ from .common import add_run_args, setup_run
 
 TRAIN_SEED, HELDOUT_SEED, SAMPLE_SEED = 1234, 98765, 0
 EVAL_LINES = 2000
+TRAIN_RUN_KEYS = ("final_train_batch_loss", "train_steps", "train_tokens_per_step", "train_seconds", "train_seconds_note", "device")
 
 
 def build_stream(lines: list[str], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +142,7 @@ def report(m: dict) -> None:
         print(f"  {brand}: {r:.2f}  e.g. {m['examples'][brand]}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=4)
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="skip training: re-measure the weights at --out (with the recorded --lines/--seed) and update the MANIFEST")
     ap.add_argument("--no-manifest", action="store_true", help="do not record the result in MANIFEST.json")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.lines < EVAL_LINES or not 1 <= args.seq_len <= DEFAULT_H_PARAMS["block_size"]:
         ap.error(f"--steps and --batch must be >= 1, --lines >= {EVAL_LINES} and --seq-len in [1, {DEFAULT_H_PARAMS['block_size']}]")
@@ -168,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics = evaluate(load_gpt(args.out, device=device), train_lines, args.seq_len, args.seed, device)
         report(metrics)
         if not args.no_manifest:
-            old = read_manifest().get("text_gpt.pt", {})
-            update_manifest(args.out, {**old, "metrics": {**old.get("metrics", {}), **metrics}})
+            old = read_manifest().get(manifest_key(args.out), {})
+            run = {k: v for k, v in old.get("metrics", {}).items() if k in TRAIN_RUN_KEYS}  # how it was trained stays
+            update_manifest(args.out, {**old, "metrics": {**metrics, **run}})
             print("updated the metrics in MANIFEST.json")
         return 0
 

@@ -1,0 +1,520 @@
+"""Hostile input (issue 10): every case ends in one clear message (CLIs: exit 2) — never a raw
+traceback, a silent overwrite, mixed results, or an unsafe pickle misreported as corruption."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from course_lib.paths import REPO_ROOT
+
+
+def run_module(module: str, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+class _Reduce:
+    """Pickles as a call of f(*args): the classic payload."""
+
+    def __init__(self, f, args):
+        self.f, self.args = f, args
+
+    def __reduce__(self):
+        return self.f, self.args
+
+
+class Custom:
+    pass
+
+
+PAYLOADS = {
+    "os.system": (lambda: _Reduce(os.system, ("echo pwned",)), "system"),
+    "builtins.eval": (lambda: _Reduce(builtins.eval, ("1 + 1",)), "eval"),
+    "subprocess.Popen": (lambda: _Reduce(subprocess.Popen, (["true"],)), "Popen"),
+    "custom class": (lambda: Custom(), "Custom"),
+    "numpy array": (lambda: np.arange(3), "numpy"),
+}
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_unsafe_payloads_are_named_unsafe_with_their_global(tmp_path, payload, zip_format):
+    make, needle = PAYLOADS[payload]
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": make()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "refused to load" in msg and "execute code" in msg and "corrupted" not in msg, msg
+    assert needle in msg.split("(found ")[1].split(")")[0], msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("first", range(256))
+def test_any_first_byte_gives_a_checkpoint_error(tmp_path, first):
+    for tail in (b"hello, this is a text file\nline 2\n", b"\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9"):
+        path = tmp_path / "x.pt"
+        path.write_bytes(bytes([first]) + tail)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path)
+
+
+def test_text_file_is_named_as_text(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are my notes, not weights\n")
+    with pytest.raises(CheckpointError, match=r"not a torch checkpoint: it is a text file starting with 'these are"):
+        load_checkpoint(path)
+
+
+def test_git_lfs_pointer_is_recognised(tmp_path):
+    path = tmp_path / "text_gpt.pt"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 12345\n")
+    with pytest.raises(CheckpointError, match=r"Git LFS pointer.*git lfs pull"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ({"w": np.zeros(3)}, "numpy.ndarray"),
+    ({"cfg": {"inner": [1, Custom()]}}, "checkpoint['cfg']['inner'][1]"),
+    ([torch.zeros(2)], "a checkpoint is a dict"),
+])
+def test_atomic_save_refuses_what_load_checkpoint_refuses(tmp_path, obj, needle):
+    with pytest.raises(CheckpointError, match="refusing to save") as err:
+        atomic_save(obj, tmp_path / "m.pt")
+    assert needle in str(err.value)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_atomic_save_round_trips_plain_values(tmp_path):
+    obj = {"h": {"a": 1, "b": 2.5, "c": "x", "d": None, "e": (1, 2), "f": [True]}, "sd": {"w": torch.ones(2)},
+           "dtype": torch.float16, "size": torch.Size([2, 3])}
+    back = load_checkpoint(atomic_save(obj, tmp_path / "ok.pt"))
+    assert back["h"] == obj["h"] and torch.equal(back["sd"]["w"], obj["sd"]["w"]) and back["dtype"] == torch.float16
+
+
+def test_unpicklable_bytes_are_checked_too(tmp_path):
+    """Saving must never produce bytes load_checkpoint refuses, whatever the walk above misses."""
+    assert load_checkpoint(atomic_save({"b": io.BytesIO(b"x").getvalue()}, tmp_path / "b.pt"))["b"] == b"x"
+
+
+# ------------------------------------------------------------------------- act.inference
+@pytest.fixture(scope="module")
+def act_setup(tmp_path_factory):
+    from course_lib.act.build_dataset import build
+    from course_lib.act.model import ACTReasoner
+    from course_lib.checkpoints import write_json_atomic
+
+    root = tmp_path_factory.mktemp("act_bad")
+    torch.manual_seed(0)
+    model = ACTReasoner({"hidden_size": 32, "num_heads": 4, "halt_max_steps": 2})
+    (root / "run").mkdir()
+    torch.save(model.state_dict(), root / "run" / "step_5")
+    write_json_atomic(model.config, root / "run" / "all_config.json")
+    a = build(root / "a" / "ds", seed=1, num_train=0, num_test=4)
+    b = build(root / "b" / "ds", seed=2, num_train=0, num_test=4)
+    return root, root / "run" / "step_5", a, b
+
+
+def act_main(*args: str) -> int:
+    from course_lib.act.inference import main
+
+    return main([*args, "--device", "cpu", "--batch_size", "64"])
+
+
+def test_act_output_dir_is_claimed_at_start_and_a_second_run_is_refused(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+    out = root / "claimed"
+    seen = {}
+
+    def spy(*args, **kwargs):  # the folder must exist (claimed) before any compute starts
+        seen["claimed"] = (out / "run.json").is_file()
+        return real(*args, **kwargs)
+
+    real = inf.run_forced
+    monkeypatch.setattr(inf, "run_forced", spy)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 0
+    assert seen["claimed"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exc:  # the same --output_dir again: refused, nothing touched
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out))
+    assert exc.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_act_claim_race_loser_is_refused(act_setup, capsys, monkeypatch):
+    """Two runs that both passed the up-front check: the one that claims second gets one line and exit 2."""
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+    out = root / "race"
+    real = inf.claim_output_dir
+
+    def other_run_first(path, record):
+        real(path, {"other": "run"})  # another process claims the folder between our check and our claim
+        return real(path, record)
+
+    monkeypatch.setattr(inf, "claim_output_dir", other_run_first)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already used by another run" in err[0]
+    assert [p.name for p in out.iterdir()] == ["run.json"] and "other" in (out / "run.json").read_text()
+
+
+def test_act_default_folders_never_collide(monkeypatch, tmp_path):
+    import course_lib.act.inference as inf
+
+    monkeypatch.setattr(inf, "DEFAULT_ROOT", tmp_path / "act_inference")
+    a, _ = inf.claim_output_dir(None, {})
+    b, _ = inf.claim_output_dir(None, {})
+    assert a != b and a.name == "run-001" and b.name == "run-002"
+
+
+def test_act_same_folder_name_is_scored_separately(act_setup, capsys):
+    root, ckpt, a, b = act_setup
+    out = root / "two"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), str(b), "--output_dir", str(out),
+                    "--save_outputs", "puzzle_identifiers") == 0
+    text = capsys.readouterr().out
+    assert "a/ds/all:" in text and "b/ds/all:" in text
+    sub = __import__("json").loads((out / "evaluator_ARC_step_5" / "submission.json").read_text())
+    assert len(sub) == 8 and {k.split("/")[0] for k in sub} == {"a", "b"}
+
+
+def test_act_same_data_path_twice_exits_2(act_setup, capsys):
+    root, ckpt, a, _ = act_setup
+    with pytest.raises(SystemExit) as exc:
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), str(a) + "/", "--output_dir", str(root / "twice"))
+    assert exc.value.code == 2 and "twice" in capsys.readouterr().err
+    assert not (root / "twice").exists()
+
+
+@pytest.mark.parametrize("where", ["under_file", "proc"])
+def test_act_unusable_output_dir_exits_2_before_compute(act_setup, where):
+    root, ckpt, a, _ = act_setup
+    (root / "afile").write_text("x")
+    out = {"under_file": root / "afile" / "out", "proc": "/proc/act_out"}[where]
+    r = run_module("course_lib.act.inference", "--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--output_dir" in r.stderr and ("is a file" in r.stderr or "not writable" in r.stderr)
+    assert len(r.stderr.strip().splitlines()[-1]) < 300
+
+
+def test_act_ctrl_c_removes_the_claimed_folder_and_exits_130(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inf, "run_forced", interrupt)
+    out = root / "interrupted"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 130
+    assert not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+
+
+# ------------------------------------------------------------------------------ run_course
+def test_run_course_ctrl_c_leaves_no_partial_notebook_and_exits_130(tmp_path, capsys, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    from course_lib.run_course import main
+
+    def interrupted(nb, out, **kwargs):
+        open(out, "w").write("{half a notebook")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert main(["--out", str(tmp_path / "build"), "--only", "04"]) == 130
+    assert not list((tmp_path / "build").rglob("*.ipynb"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"\x00\x01binary\x02", "looks binary"),
+    (b"04:\n  seed: 3\n  name: \xff\xfe\n", "is not UTF-8"),
+    (b"04:\n  seed: \x07\n", "is not valid YAML"),
+])
+def test_run_course_bad_yaml_bytes_exit_2(tmp_path, capsys, data, needle):
+    from course_lib.run_course import main
+
+    (tmp_path / "p.yaml").write_bytes(data)
+    with pytest.raises(SystemExit) as exc:
+        main(["--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "build")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and needle in err[-1] and not (tmp_path / "build").exists()
+
+
+def test_run_course_strips_a_bom_and_refuses_a_notebook_named_twice(tmp_path):
+    import yaml
+
+    from course_lib.run_course import notebooks, read_text_file, resolve_params
+
+    (tmp_path / "p.yaml").write_bytes(b"\xef\xbb\xbf04:\n  seed: 3\n")
+    spec = yaml.safe_load(read_text_file(tmp_path / "p.yaml"))
+    assert resolve_params(spec, notebooks()) == {next(p for p in notebooks() if p.stem.startswith("04")): {"seed": 3}}
+    with pytest.raises(ValueError, match="names 04_act_halting_loops twice"):
+        resolve_params({"04": {"seed": 1}, "04_act_halting_loops": {"seed": 2}}, notebooks())
+    with pytest.raises(ValueError, match="twice"):
+        resolve_params(yaml.safe_load("0:\n  seed: 1\n00_setup_and_tour:\n  seed: 2\n"), notebooks())
+
+
+@pytest.mark.parametrize("module, flag, extra", [
+    ("course_lib.run_course", "--out", ["--only", "04"]),
+    ("course_lib.act.build_dataset", "--out", ["--seed", "0", "--num-train", "0", "--num-test", "2"]),
+])
+@pytest.mark.parametrize("where", ["under_file", "proc"])
+def test_unusable_output_folder_exits_2_before_compute(tmp_path, module, flag, extra, where):
+    (tmp_path / "afile").write_text("x")
+    out = {"under_file": str(tmp_path / "afile" / "out"), "proc": "/proc/course_out"}[where]
+    r = run_module(module, flag, out, *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert ("is a file" in r.stderr or "not writable" in r.stderr) and flag in r.stderr.splitlines()[-1]
+
+
+# ------------------------------------------------------------------ text model and sampling
+TINY = {"vocab_size": 100277, "n_embd": 8, "n_layer": 1, "n_head": 2, "block_size": 16}
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt():
+    from course_lib.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def test_tiny_temperature_is_refused_not_nan(tiny_gpt):
+    x = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"temperature 1e-300 is too small.*use 0 for greedy"):
+        tiny_gpt.generate(x, 2, temperature=1e-300)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        tiny_gpt.generate(x, 2, temperature=float("inf"))
+
+
+def test_numpy_scalars_are_numbers(tiny_gpt):
+    x = torch.tensor([[1, 2, 3]])
+    g = torch.Generator().manual_seed(0)
+    out = tiny_gpt.generate(x, 3, temperature=np.float32(0.7), top_k=np.int64(5), top_p=np.float64(0.9), generator=g)
+    ref = tiny_gpt.generate(x, 3, temperature=0.7, top_k=5, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, ref)
+
+
+def test_generate_warns_once_in_training_mode():
+    import warnings
+
+    from course_lib.gpt import GPT
+
+    model = GPT({**TINY, "dropout": 0.5}).train()
+    x = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(x, 2, temperature=0)
+        model.generate(x, 2, temperature=0)
+        model.eval().generate(x, 2, temperature=0)
+    msgs = [str(w.message) for w in caught if "training mode" in str(w.message)]
+    assert len(msgs) == 1 and "model.eval()" in msgs[0]
+
+
+@pytest.mark.parametrize("key, value", [("n_embd", "32"), ("n_layer", 3.0), ("n_head", None), ("block_size", True),
+                                        ("vocab_size", 0), ("dropout", float("nan")), ("rope_theta", -1.0)])
+def test_gpt_h_params_wrong_types_name_the_key(key, value):
+    from course_lib.gpt import GPT
+
+    with pytest.raises(ValueError, match=rf"h_params\[{key!r}\]"):
+        GPT({**TINY, key: value})
+
+
+def _save_gpt(tmp_path, sd=None, hp=None):
+    from course_lib.gpt import GPT
+
+    model = GPT(TINY)
+    sd = model.state_dict() if sd is None else sd
+    path = tmp_path / "g.pt"
+    torch.save({"h_params": TINY if hp is None else hp, "model_state_dict": sd}, path)
+    return path, model.state_dict()
+
+
+@pytest.mark.parametrize("case, needle", [("nan", "holds NaN or inf"), ("int", "expected floating point"),
+                                          ("list", "must be a mapping"), ("value", "is a str, not a tensor"),
+                                          ("h_params", r"h_params\['n_embd'\] must be an int")])
+def test_load_gpt_checks_weights_when_loading(tmp_path, case, needle):
+    from course_lib.gpt import load_gpt
+
+    path, sd = _save_gpt(tmp_path)
+    name = "blocks.0.attn.qkv.weight"
+    if case == "nan":
+        sd[name][0, 0] = float("nan")
+    elif case == "int":
+        sd[name] = sd[name].long()
+    elif case == "list":
+        sd = list(sd.values())
+    elif case == "value":
+        sd[name] = "oops"
+    path, _ = _save_gpt(tmp_path, sd, {**TINY, "n_embd": "8"} if case == "h_params" else None)
+    with pytest.raises(CheckpointError, match=needle) as err:
+        load_gpt(path)
+    assert case in ("list", "h_params") or name in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_gpt_on_missing_cuda_says_so(tmp_path):
+    from course_lib.gpt import load_gpt
+
+    path, _ = _save_gpt(tmp_path)
+    with pytest.raises(RuntimeError, match=r"device='cuda' requested but torch.cuda.is_available\(\) is False"):
+        load_gpt(path, device="cuda")
+
+
+def test_prompts_special_token_text_and_non_strings():
+    from course_lib.batching import generate_batch, pad_batch
+    from course_lib.decode import encode_prompt
+    from course_lib.tokenizer import get_encoding
+
+    enc = get_encoding()
+    plain = encode_prompt(enc, "a <|endoftext|> b", 64)
+    assert enc.eot_token not in plain and enc.decode(plain) == "a <|endoftext|> b"
+    assert enc.eot_token in encode_prompt(enc, "a <|endoftext|> b", 64, allowed_special="all")
+    for bad in (None, 3, b"bytes"):
+        with pytest.raises(TypeError, match="prompt must be a str"):
+            encode_prompt(enc, bad, 64)
+    with pytest.raises(TypeError, match=r"prompts\[1\] is None"):
+        pad_batch(enc, ["ok", None], 64)
+    with pytest.raises(TypeError, match="prompts must be a list of strings"):
+        generate_batch(None, enc, None, 3)
+
+
+# ------------------------------------------------------------------------ notebook parameters
+def test_unknown_injected_parameter_is_rejected():
+    from course_lib.notebook import ParameterError, check_no_unknown_params
+
+    params_cell = 'device = "cpu"\nseed = 0\nthreshold = 0.5'
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['sede'\].*declares device, seed, threshold"):
+        check_no_unknown_params(["", "import x", params_cell, "# Parameters\nsede = 3\n", "check()"])
+    check_no_unknown_params(["", params_cell, "# Parameters\nseed = 3\nthreshold = 1\n"])  # known names pass
+    check_no_unknown_params(["", params_cell, "print(1)"])  # no papermill: nothing to check
+
+
+def test_check_param_int_for_float_empty_text_missing_file_and_lists():
+    from course_lib.notebook import ParameterError, check_param
+
+    assert check_param("threshold", 1, kind=float, low=0.0, high=1.0) == 1
+    with pytest.raises(ParameterError, match="must be float"):
+        check_param("threshold", True, kind=float)
+    with pytest.raises(ParameterError, match="'prompt' is empty"):
+        check_param("prompt", "  ", kind=str, nonempty=True)
+    with pytest.raises(ParameterError, match=r"'prompts_file': file not found: assets/nope.txt"):
+        check_param("prompts_file", "assets/nope.txt", kind=str, file=True)
+    check_param("checkpoint", "checkpoints/act/step_8000", kind=str, file=True)
+    with pytest.raises(ParameterError, match=r"pass lists with -y, e.g. papermill ... -y 'temperatures: \[1, 2\]'"):
+        check_param("temperatures", "[0.3, 0.7]", kind=list)
+
+
+def test_papermill_misspelt_parameter_stops_at_the_parameters_cell(tmp_path):
+    pm = pytest.importorskip("papermill")
+    from course_lib.paths import NOTEBOOKS
+
+    nb = NOTEBOOKS / "04_act_halting_loops.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters={"sede": 3}, cwd=str(NOTEBOOKS),
+                            kernel_name="python3", progress_bar=False)
+    assert "ParameterError" in str(err.value) and "unknown parameter(s) ['sede']" in str(err.value)
+
+
+# -------------------------------------------------------------- ACT config, data, build_dataset
+@pytest.mark.parametrize("cfg, needle", [
+    ({"hidden_size": 32, "num_heads": 4, "halt_max_step": 3}, "unknown config key(s) ['halt_max_step']"),
+    ({"hidden_size": "32", "num_heads": 4}, "'hidden_size' must be an integer >= 1, got '32'"),
+    ({"hidden_size": 32, "num_heads": 4, "act_continue": 1}, "'act_continue' must be true or false"),
+    ({"hidden_size": 32, "num_heads": 4, "rope_theta": None}, "'rope_theta' must be a finite number"),
+    ([1, 2], "must hold a JSON object"),
+])
+def test_act_config_unknown_key_or_wrong_type_exits_2(act_setup, tmp_path, capsys, cfg, needle):
+    import json
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "run"
+    bad.mkdir()
+    shutil.copy(ckpt, bad / ckpt.name)
+    (bad / "all_config.json").write_text(json.dumps(cfg))
+    assert act_main("--checkpoint", str(bad / ckpt.name), "--data_paths", str(a), "--output_dir", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --checkpoint") and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("field, array, needle", [
+    ("inputs", np.zeros((3, 7), np.int32), "must be integers of shape"),
+    ("labels", np.zeros((16, 25), np.float32), "must be integers of shape"),
+    ("inputs", np.full((16, 25), 99, np.int32), "tokens outside"),
+    ("puzzle_identifiers", np.full(16, 10_000, np.int32), "points past identifiers.json"),
+])
+def test_act_malformed_dataset_arrays_exit_2(act_setup, tmp_path, capsys, field, array, needle):
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "ds"
+    shutil.copytree(a, bad)
+    np.save(bad / "test" / f"all__{field}.npy", array)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(bad), "--output_dir", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data_paths") and needle in err[0], err
+
+
+def test_act_empty_test_split_exits_2(act_setup, tmp_path, capsys):
+    import shutil
+
+    root, ckpt, a, _ = act_setup
+    bad = tmp_path / "ds"
+    shutil.copytree(a, bad)
+    for f, shape in (("inputs", (0, 25)), ("labels", (0, 25)), ("puzzle_identifiers", (0,)), ("blanks", (0,))):
+        np.save(bad / "test" / f"all__{f}.npy", np.zeros(shape, np.int32))
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(bad), "--output_dir", str(tmp_path / "o")) == 2
+    assert "holds no puzzles (an empty split)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle", [(["--num-test", "5000"], "use --num-test <= 4628"),
+                                          (["--num-train", "70411", "--num-test", "1"], "keep the sum <= 70411")])
+def test_build_dataset_sizes_beyond_the_puzzle_space_exit_2(tmp_path, args, needle):
+    r = run_module("course_lib.act.build_dataset", "--out", str(tmp_path / "d"), "--seed", "0", *args, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr.splitlines()[-1] and not (tmp_path / "d").exists()
+
+
+def test_build_dataset_uses_the_umask_and_a_concurrent_loser_gets_one_line(tmp_path, monkeypatch, capsys):
+    import course_lib.act.build_dataset as bd
+
+    old = os.umask(0o022)
+    try:
+        out = bd.build(tmp_path / "d", seed=0, num_train=2, num_test=2)
+    finally:
+        os.umask(old)
+    assert all((p.stat().st_mode & 0o777) == 0o755 for p in (out, out / "train", out / "test"))
+
+    real = bd.write_split
+
+    def other_run_finishes_first(folder, split, *args, **kwargs):
+        real(folder, split, *args, **kwargs)
+        if split == "test":  # another run renames its dataset into --out while this one is still writing
+            (tmp_path / "race" / "train").mkdir(parents=True)
+
+    monkeypatch.setattr(bd, "write_split", other_run_finishes_first)
+    assert bd.main(["--out", str(tmp_path / "race"), "--seed", "0", "--num-train", "2", "--num-test", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "created by another run meanwhile" in err[0]
+    assert [p.name for p in (tmp_path / "race").iterdir()] == ["train"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.")]

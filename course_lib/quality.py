@@ -12,7 +12,7 @@ from .batching import generate_batch
 
 @torch.no_grad()
 def sample_lines(model, enc, prompts: Sequence[str], n_per_prompt: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, *, repetition_penalty: float = 1.0, max_new_tokens: int = 36,
+                 top_p: float | None = None, *, repetition_penalty: float = 1.0, max_new_tokens: int = 56,
                  seed: int = 0, batch_size: int = 64, draw: str = "inverse_cdf") -> list[str]:
     """n_per_prompt sampled first lines (prompt included) per prompt, reproducible from seed.
 
@@ -76,54 +76,88 @@ class StepCounter:
 
 
 @torch.no_grad()
+def generate_scored(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0, *,
+                    eos_token_id: int, generator: torch.Generator | None = None, batch_size: int = 64,
+                    draw: str = "inverse_cdf") -> tuple[list[str], list[float], list[int]]:
+    """Completions (text before eos), each with the model's log-probability of its tokens (eos included;
+    raw logits, as `scoring.sequence_logprob` computes them) and their count, collected while generating:
+    scoring afterwards would cost a second pass through the 100k-wide head."""
+    from .batching import pad_batch
+    from .decode import generate_ids
+    from .stopping import finished_text
+
+    texts, sums, counts = [], [], []
+    eos = torch.tensor([eos_token_id], device=model.device)
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = pad_batch(enc, list(prompts[start:start + batch_size]), model.block_size)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        total = torch.zeros(ids.shape[0], dtype=torch.float64, device=model.device)
+        count = torch.zeros(ids.shape[0], dtype=torch.long, device=model.device)
+        live = torch.ones(ids.shape[0], dtype=torch.bool, device=model.device)
+
+        def on_step(step, logits, adjusted, nxt, total=total, count=count, live=live):
+            lp = torch.log_softmax(logits.float(), -1).gather(1, nxt)[:, 0].double()  # finished rows: NaN, not used
+            total.add_(torch.where(live, lp, torch.zeros_like(lp)))
+            count.add_(live.long())
+            live.logical_and_(~torch.isin(nxt[:, 0], eos))
+
+        out = generate_ids(model, ids, max_new_tokens, temperature, attention_mask=mask, eos_token_id=eos_token_id,
+                           generator=generator, draw=draw, on_step=on_step)
+        texts += [finished_text(enc, row, eos_token_id=eos_token_id) for row in out[:, ids.shape[1]:].tolist()]
+        sums += total.tolist()
+        counts += count.tolist()
+    return texts, sums, counts
+
+
+@torch.no_grad()
 def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int] = (2, 4, 8), samples_per_prompt: int = 20,
-                     temperature: float = 1.0, max_new_tokens: int = 40, seed: int = 0,
+                     temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0,
                      train_lines: set[str] | frozenset[str] = frozenset()) -> list[dict]:
     """Greedy vs beam search (each width in `beams`) vs sampling on the same prompts, one listing each.
 
     Every method stops a row at the newline token (eos). Per method: line rates (`line_rates`),
-    the mean sequence log-probability of the line after its prompt (newline included, from
-    `scoring.sequence_logprobs`) and the log-probability per token, distinct outputs per prompt, and the cost: decode steps and rows
-    processed, and the seconds its generation took. Greedy and beam search are deterministic, so one run per prompt is all they can give;
-    sampling draws samples_per_prompt lines per prompt.
+    the mean sequence log-probability of the line after its prompt (newline included; the model's
+    own log-probabilities, as `scoring.sequence_logprob` gives them) and the log-probability per
+    token, distinct outputs per prompt, and the cost: decode steps and rows processed, and the
+    seconds its generation took. Greedy and beam search are deterministic, so one run per prompt is
+    all they can give; sampling draws samples_per_prompt lines per prompt.
     """
     from .batching import pad_batch
     from .beam import beam_search
-    from .scoring import sequence_logprobs
     from .stopping import finished_text
 
     nl = enc.encode("\n")[0]
     rows: list[dict] = []
 
-    def record(method: str, many_prompts: list[str], completions: list[str], counter: StepCounter, t0: float) -> None:
-        seconds = time.perf_counter() - t0  # generation only (scoring below is not part of the method's cost)
+    def record(method, many_prompts, completions, sums, counts, counter, t0) -> None:
+        seconds = time.perf_counter() - t0
         lines = [p + c for p, c in zip(many_prompts, completions, strict=True)]
-        scores = sequence_logprobs(model, enc, [(p, c + "\n") for p, c in zip(many_prompts, completions, strict=True)])
-        per_prompt = {}
+        per_prompt: dict[str, set] = {}
         for p, line in zip(many_prompts, lines, strict=True):
             per_prompt.setdefault(p, set()).add(line)
         rows.append({"method": method, **line_rates(lines, train_lines),
-                     "mean_logprob": sum(s["sum"] for s in scores) / len(scores),
-                     "mean_token_logprob": sum(s["sum"] for s in scores) / sum(s["tokens"] for s in scores),
+                     "mean_logprob": sum(sums) / len(sums), "mean_token_logprob": sum(sums) / sum(counts),
                      "distinct_per_prompt": sum(map(len, per_prompt.values())) / len(per_prompt),
                      "steps": counter.steps, "rows_processed": counter.rows, "seconds": seconds, "lines": lines})
 
     t0 = time.perf_counter()
     with StepCounter(model) as c:
-        comps = generate_batch(model, enc, list(prompts), max_new_tokens, 0.0, eos_token_id=nl, batch_size=len(prompts))
-    record("greedy", list(prompts), comps, c, t0)
+        comps, sums, counts = generate_scored(model, enc, prompts, max_new_tokens, 0.0, eos_token_id=nl,
+                                              batch_size=len(prompts))
+    record("greedy", list(prompts), comps, sums, counts, c, t0)
     ids, mask = pad_batch(enc, prompts, model.block_size)
     ids, mask = ids.to(model.device), mask.to(model.device)
     for k in beams:
         t0 = time.perf_counter()
         with StepCounter(model) as c:
             res = beam_search(model, ids, max_new_tokens, k, eos_token_id=nl, attention_mask=mask)
-        comps = [finished_text(enc, row, eos_token_id=nl) for row in res.sequences[:, ids.shape[1]:].tolist()]
-        record(f"beam {k}", list(prompts), comps, c, t0)
+        best = [h[0][1] for h in res.hypotheses]  # token lists of the best hypotheses (eos included when finished)
+        comps = [finished_text(enc, toks, eos_token_id=nl) for toks in best]
+        record(f"beam {k}", list(prompts), comps, res.sum_logprobs, [len(t) for t in best], c, t0)
     many = [p for p in prompts for _ in range(samples_per_prompt)]
     t0 = time.perf_counter()
     with StepCounter(model) as c:
-        comps = generate_batch(model, enc, many, max_new_tokens, temperature, eos_token_id=nl,
-                               generator=torch.Generator().manual_seed(seed), batch_size=64, draw="inverse_cdf")
-    record(f"sampling T={temperature}", many, comps, c, t0)
+        comps, sums, counts = generate_scored(model, enc, many, max_new_tokens, temperature, eos_token_id=nl,
+                                              generator=torch.Generator().manual_seed(seed))
+    record(f"sampling T={temperature}", many, comps, sums, counts, c, t0)
     return rows

@@ -156,3 +156,17 @@ def test_multinomial_draws_converge_to_softmax():
     ids = torch.multinomial(probs, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(ids, minlength=5).float() / ids.numel()
     assert torch.allclose(freq, probs, atol=0.01)
+
+
+def test_generate_scored_equals_sequence_logprob(make_gpt):
+    from course_lib.quality import generate_scored
+    enc = get_encoding()
+    model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=48, dropout=0.0)
+    prompts = ["农夫山泉", "Alpine Spring", "三只松鼠 每日坚果"]
+    free = generate_ids(model, torch.tensor([enc.encode(prompts[0])]), 8, temperature=0)[0, len(enc.encode(prompts[0])):]
+    eos = int(free[3])  # row 0 finishes early; the others may run to the budget
+    texts, sums, counts = generate_scored(model, enc, prompts, 8, 0.0, eos_token_id=eos)
+    for p, t, s, n in zip(prompts, texts, sums, counts, strict=True):
+        cont = enc.encode(t) + ([eos] if n > len(enc.encode(t)) else [])
+        assert n == len(cont)
+        assert math.isclose(s, logprob_of(model, enc.encode(p), cont), rel_tol=1e-4)

@@ -102,9 +102,12 @@ class BeamResult:
 
 
 def _reorder_cache(cache, rows: torch.Tensor) -> None:
-    """Make cache row i hold what row rows[i] held (beams that survived are copied, others dropped)."""
-    cache.k = cache.k.index_select(1, rows)
-    cache.v = cache.v.index_select(1, rows)
+    """Make cache row i hold what row rows[i] held (beams that survived are copied, others dropped).
+
+    Only the filled positions are copied: the buffer holds block_size positions, a listing a few dozen."""
+    filled = cache.length
+    cache.k[:, :, :, :filled] = cache.k[:, rows, :, :filled]
+    cache.v[:, :, :, :filled] = cache.v[:, rows, :, :filled]
 
 
 @torch.no_grad()

@@ -16,7 +16,10 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07
-    decode                 the decode loop (with or without a cache)                 02, 03
+    decode                 the decode loop (with or without a cache)                 02, 02b, 03
+    stopping               eos ids, stop strings across tokens, finished rows        02b
+    scoring                sequence_logprob: sum/mean log-prob, perplexity           02b
+    beam                   beam search with Hugging Face's rules                     02b
     timing                 time_fn: warm-up, device sync, median (every timing)     03, benchmarks
     speed                  a decode step's parts; throughput against batch size      03, benchmarks
     trace                  traced generation: every step's top candidates            02
@@ -25,7 +28,7 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     compile_watch          graph counts, failed guards, the recompile-limit fallback  06
     graph_pitfalls         the broken steps chapter 06 reproduces (trace, CUDA graphs) 06
     engine, engine_check   seed 002's per-phase static graphs; its test-script CLI    06
-    quality                sampled lines and their well-formed / distinct rates      02
+    quality                sampled lines: well-formed / novel / distinct rates, decoders compared  02, 02b
     plots, widgets         the figures and the interactive explorers                 02, 03
     corpus                 the listing grammar the text model was trained on         00, 02
     act/                   the ACT reasoner, halting loops, ARC-style evaluator, CLI 04

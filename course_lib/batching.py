@@ -15,7 +15,8 @@ import torch
 from .decode import encode_prompt, generate_ids
 from .paths import display_path
 from .sampling import check_sampling_args
-from .tokenizer import decode_ids, token_bytes
+from .stopping import check_stopping_args, finished_text
+from .tokenizer import decode_ids
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -57,12 +58,15 @@ def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
 def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
                    top_k: int | None = None, top_p: float | None = None, *, repetition_penalty: float = 1.0,
                    generator: torch.Generator | None = None, batch_size: int = 16, use_cache: bool = True,
-                   stop: str | None = None, progress: bool = False) -> list[str]:
+                   stop: str | list[str] | None = None, eos_token_id: int | list[int] | None = None,
+                   draw: str = "multinomial", progress: bool = False) -> list[str]:
     """Completions (new text only) for many prompts, batch_size prompts per forward pass.
 
     Prompts are left-padded with an attention mask; positions come from the mask, so each row's
-    greedy output equals running that prompt alone. `stop` cuts each completion at the first
-    occurrence of that string (e.g. "\\n" for one listing). progress shows a tqdm bar over prompts.
+    greedy output equals running that prompt alone. `stop` (e.g. "\\n" for one listing) and
+    `eos_token_id` finish a row (see `stopping`): its completion ends before the first stop string or
+    eos id, it emits padding from then on, and a chunk ends when all its rows are finished.
+    draw="inverse_cdf" is the fast random draw (`SamplingSettings.sample`). progress shows a tqdm bar.
     """
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
@@ -71,6 +75,7 @@ def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temp
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling_args(temperature, top_k, top_p, max_new_tokens, repetition_penalty)  # before any work
+    check_stopping_args(eos_token_id, stop)
     from tqdm.auto import tqdm  # imported here: only the batch path needs it
 
     out: list[str] = []
@@ -79,17 +84,11 @@ def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temp
             chunk = list(prompts[start:start + batch_size])
             ids, mask = pad_batch(enc, chunk, model.block_size, side="left")
             ids, mask = ids.to(model.device), mask.to(model.device)
-            done = torch.zeros(len(chunk), dtype=torch.bool)
-
-            def all_stopped(nxt: torch.Tensor, done: torch.Tensor = done) -> bool:  # every row has produced the stop string: stop early
-                done.logical_or_(torch.tensor([stop.encode() in token_bytes(enc, t) for t in nxt[:, 0].tolist()]))
-                return bool(done.all())
-
             full = generate_ids(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
                                 generator=generator, use_cache=use_cache, attention_mask=mask,
-                                stop_when=all_stopped if stop else None)
+                                eos_token_id=eos_token_id, stop=stop, enc=enc, draw=draw)
             for row in full[:, ids.shape[1]:].tolist():
-                text = decode_ids(enc, row)
-                out.append(text.split(stop)[0] if stop else text)
+                out.append(finished_text(enc, row, eos_token_id, stop) if (stop or eos_token_id is not None)
+                           else decode_ids(enc, row))
             bar.update(len(chunk))
     return out

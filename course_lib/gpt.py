@@ -16,12 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .beam import beam_search, check_beam_args
 from .checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
 from .decode import generate_ids
 from .device import pick_device
 from .kv_cache import KVCache
 from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights, num_params, rope_angles, run_blocks
 from .paths import TEXT_MODEL, display_path
+from .scoring import sequence_logprob, sequence_logprobs
+
+__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "DEFAULT_H_PARAMS"]
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included
@@ -181,15 +185,37 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, generator: torch.Generator | None = None, *, repetition_penalty: float = 1.0,
-                 use_cache: bool = True, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to idx (B, T); temperature=0 is greedy.
+                 use_cache: bool = True, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
+                 length_penalty: float = 1.0, early_stopping: bool | str = False,
+                 eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
+                 pad_token_id: int | None = None) -> torch.Tensor:
+        """Append up to max_new_tokens tokens to idx (B, T); temperature=0 is greedy.
 
         use_cache=False is the simplest correct loop (re-run the whole cropped context for every
         token, the head at the last position only: the fair baseline); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
         See decode.generate_ids for what happens at the context limit.
+
+        eos_token_id (an id or a list) and stop (a string or a list, cl100k_base text) finish a row;
+        finished rows are padded with pad_token_id and the loop ends when all are finished.
+        num_beams > 1 runs beam search (`course_lib.beam`, Hugging Face's rules: score = sum of
+        log-probs / length ** length_penalty, early_stopping True/False/"never"), deterministic:
+        temperature is ignored, top_k/top_p are sampling filters and are rejected.
         """
+        check_beam_args(num_beams, length_penalty, early_stopping)
+        if num_beams > 1:
+            if top_k is not None or (top_p is not None and top_p < 1.0):
+                raise ValueError("top_k/top_p filter a sampling step; beam search does not sample "
+                                 "(use num_beams=1 to sample, or drop top_k/top_p)")
+            if stop is not None:
+                raise ValueError("stop strings are not supported with num_beams > 1; pass eos_token_id "
+                                 "(e.g. the id of '\\n' to end a listing)")
+            return beam_search(self, idx, max_new_tokens, num_beams, length_penalty=length_penalty,
+                               eos_token_id=eos_token_id, early_stopping=early_stopping,
+                               repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
+                               attention_mask=attention_mask, use_cache=use_cache).sequences
         return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
-                            generator=generator, use_cache=use_cache, attention_mask=attention_mask)
+                            generator=generator, use_cache=use_cache, attention_mask=attention_mask,
+                            eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)
 
 
 def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:

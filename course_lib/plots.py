@@ -91,15 +91,31 @@ def plot_next_token_distribution(enc, logits: torch.Tensor, filtered: torch.Tens
     return fig or ax.figure
 
 
+def temperature_probs(logits: torch.Tensor, temperatures: Sequence[float], n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n most likely token ids (n,) and their probabilities at each temperature (len(temperatures), n).
+
+    Computed on the logits' device (T = 0 is greedy: all mass on the argmax); plots move the result to the CPU.
+    """
+    top = torch.topk(logits, n).indices
+    rows = []
+    for t in temperatures:
+        if t == 0:
+            probs = logits.argmax().eq(torch.arange(logits.numel(), device=logits.device)).float()
+        else:
+            probs = (logits.float() / t).softmax(-1)
+        rows.append(probs[top])
+    return top, torch.stack(rows)
+
+
 def plot_temperature_sweep(enc, logits: torch.Tensor, temperatures: Sequence[float], n: int = 8):
     """Small multiples: the same next-token distribution at several temperatures."""
     fig, axes = plt.subplots(1, len(temperatures), figsize=(2.6 * len(temperatures), 2.8), sharey=True)
-    top = torch.topk(logits, n).indices
-    for ax, t in zip(axes, temperatures, strict=True):
-        probs = (logits.argmax().eq(torch.arange(logits.numel())).float() if t == 0 else (logits / t).softmax(-1))[top]
+    top, table = temperature_probs(logits, temperatures, n)
+    top, table = top.cpu().tolist(), table.cpu()
+    for ax, t, probs in zip(axes, temperatures, table, strict=True):
         ax.bar(range(n), probs.tolist(), color="#3182bd")
         ax.set_xticks(range(n))
-        ax.set_xticklabels([_label(enc, int(i)) for i in top], rotation=60, ha="right", fontsize=7)
+        ax.set_xticklabels([_label(enc, i) for i in top], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"T = {t}", fontsize=9)
     axes[0].set_ylabel("probability")
     fig.tight_layout()
@@ -118,6 +134,32 @@ def plot_tradeoff(rows: Sequence[dict], x_key: str, xlabel: str, title: str = ""
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig or ax.figure
+
+
+RATE_STYLE = {"well_formed": ("well-formed (quality)", "o-", "#31a354"), "novel": ("novel (not in training)", "^-", "#3182bd"),
+              "heldout": ("held-out split (generalisation)", "v-", "#756bb1"), "distinct": ("distinct (diversity)", "s--", "#e6550d")}
+
+
+def plot_rate_sweep(rows: Sequence[dict], x_key: str, rates: Sequence[str], title: str = "", ax=None):
+    """Rates (dicts from `stats.rate`) against a sampling knob, each with its 95% interval as an error bar."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+    xs = list(range(len(rows)))
+    for j, key in enumerate(rates):
+        label, style, color = RATE_STYLE.get(key, (key, "o-", None))
+        mid = [r[key]["rate"] for r in rows]
+        lo = [m - r[key]["ci95"][0] for m, r in zip(mid, rows, strict=True)]
+        hi = [r[key]["ci95"][1] - m for m, r in zip(mid, rows, strict=True)]
+        offset = (j - (len(rates) - 1) / 2) * 0.06  # side by side, so the bars do not hide each other
+        ax.errorbar([x + offset for x in xs], mid, yerr=[lo, hi], fmt=style, color=color, label=label, capsize=3, ms=4)
+    ax.set_xticks(xs, [str(r[x_key]) for r in rows])
+    ax.set_xlabel(x_key)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return fig or ax.figure
 

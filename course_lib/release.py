@@ -32,7 +32,9 @@ META_KEY = "inside_inference"
 
 
 def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
-    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    """The chapters, in course order (02b after 02), exactly as run_course finds them."""
+    from .run_course import notebooks
+    return notebooks(folder)
 
 
 def read_nb(path: Path) -> dict:

@@ -31,7 +31,9 @@ from .paths import NOTEBOOKS, REPO_ROOT, display_path
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    """NN_title.ipynb and NNx_title.ipynb (a chapter split in two, e.g. 02 and 02b), in course order."""
+    found = [*folder.glob("[0-9][0-9]_*.ipynb"), *folder.glob("[0-9][0-9][a-z]_*.ipynb")]
+    return sorted(found, key=lambda p: p.stem.split("_")[0])
 
 
 def declared_parameters(nb_path: Path) -> dict[str, object]:

@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from course_lib.batching import generate_batch
 from course_lib.decode import generate_ids
-from course_lib.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_sample, sample_next
+from course_lib.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_draw, sample_next
 from course_lib.tokenizer import get_encoding
 
 DEVICES = ["meta"] + ([os.environ["COURSE_TEST_DEVICE"]] if os.environ.get("COURSE_TEST_DEVICE") else [])
@@ -25,7 +25,7 @@ PROBS = torch.tensor([0.5, 0.0, 0.2, 0.15, 0.0, 0.1, 0.05])  # zeros must never 
 def test_inverse_cdf_matches_multinomial_in_distribution():
     n = 40_000
     probs = PROBS.expand(n, -1)
-    ours = inverse_cdf_sample(probs, torch.Generator().manual_seed(0))[:, 0]
+    ours = inverse_cdf_draw(probs, torch.Generator().manual_seed(0))[:, 0]
     ref = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0))[:, 0]
     f_ours = torch.bincount(ours, minlength=len(PROBS)).double() / n
     f_ref = torch.bincount(ref, minlength=len(PROBS)).double() / n
@@ -41,12 +41,12 @@ def test_inverse_cdf_matches_multinomial_in_distribution():
 def test_inverse_cdf_is_deterministic_under_a_seed_and_handles_one_hot():
     logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(1))
     probs = logits.softmax(-1)
-    a = inverse_cdf_sample(probs, torch.Generator().manual_seed(5))
-    b = inverse_cdf_sample(probs, torch.Generator().manual_seed(5))
+    a = inverse_cdf_draw(probs, torch.Generator().manual_seed(5))
+    b = inverse_cdf_draw(probs, torch.Generator().manual_seed(5))
     assert a.shape == (4, 1) and a.dtype == torch.long and torch.equal(a, b)
     one_hot = torch.zeros(3, 50)
     one_hot[:, 49] = 1.0  # the last token, where a rounded-up target would fall off the end
-    assert inverse_cdf_sample(one_hot, torch.Generator().manual_seed(0)).flatten().tolist() == [49, 49, 49]
+    assert inverse_cdf_draw(one_hot, torch.Generator().manual_seed(0)).flatten().tolist() == [49, 49, 49]
 
 
 def test_cpu_logits_keep_todays_multinomial_draws():
@@ -72,7 +72,7 @@ def test_device_logits_with_a_cpu_generator_sample_on_the_device(device):
     if device != "meta":  # real data: the same seed gives the same tokens, on the device path
         b = sample_next(logits, 0.9, top_p=0.9, generator=torch.Generator().manual_seed(4))
         assert torch.equal(a, b)
-        ref = inverse_cdf_sample(filter_logits(logits, 0.9, top_p=0.9).softmax(-1), torch.Generator().manual_seed(4))
+        ref = inverse_cdf_draw(filter_logits(logits, 0.9, top_p=0.9).softmax(-1), torch.Generator().manual_seed(4))
         assert torch.equal(a, ref)
 
 

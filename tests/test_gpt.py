@@ -105,6 +105,6 @@ def test_shipped_model_writes_listings(shipped_gpt):
     enc = get_encoding()
     good = 0
     for brand in BRANDS:
-        out = shipped_gpt.generate(torch.tensor([enc.encode(brand)]), 48, temperature=0)  # the longest listings take ~40 tokens
+        out = shipped_gpt.generate(torch.tensor([enc.encode(brand)]), 48, temperature=0)  # the longest listings need ~40 tokens
         good += is_well_formed(enc.decode(out[0].tolist()).split("\n")[0])
     assert good >= len(BRANDS) - 1

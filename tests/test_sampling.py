@@ -225,3 +225,54 @@ def test_trace_text_shows_pending_bytes():
 def test_quality_and_diversity():
     r = quality_and_diversity(["a", "a", "b", "c"], lambda s: s != "c")
     assert r == {"n": 4, "well_formed": 0.75, "distinct": 0.75}
+
+
+def test_inverse_cdf_draw_is_the_single_level_inverse_cdf():
+    from course_lib.sampling import inverse_cdf_draw
+    for V in (7, 64, 1000, 3000):
+        for seed in range(10):
+            p = torch.randn(5, V, generator=torch.Generator().manual_seed(seed)).mul(3).softmax(-1)
+            p[:, ::3] = 0  # zero-probability tokens must never be drawn
+            got = inverse_cdf_draw(p, torch.Generator().manual_seed(seed), block=64)
+            u = torch.rand(5, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            cdf = p.double().cumsum(-1)
+            assert torch.equal(got, torch.searchsorted(cdf, u * cdf[:, -1:], right=True))
+            assert (p.gather(1, got) > 0).all()
+
+
+def test_both_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp_min(1e-30).log().expand(4000, 5)
+    for draw in ("multinomial", "inverse_cdf"):
+        ids = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0), draw=draw)[:, 0]
+        freq = torch.bincount(ids, minlength=5).float() / ids.numel()
+        assert freq[4] == 0 and torch.allclose(freq, probs, atol=0.03), (draw, freq)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        sample_next(logits, 1.0, draw="gumbel")
+
+
+def test_device_mixing_on_meta():
+    """CPU context / prompt tensors meeting device logits (issue 15): the meta device fails on
+    meta/CPU mixing just as CUDA/CPU mixing does, without needing a GPU."""
+    from course_lib.plots import temperature_probs
+    logits = torch.empty(2, 50, device="meta")
+    ctx = torch.tensor([[1, 2, 3], [4, 5, 5]])  # on the CPU, as a prompt built from enc.encode
+    out = apply_repetition_penalty(logits, ctx, 1.3, context_mask=torch.ones(2, 3))
+    assert out.device.type == "meta" and out.shape == (2, 50)
+    top, table = temperature_probs(torch.empty(50, device="meta"), [0, 0.7, 1.5], n=4)
+    assert top.device.type == "meta" and table.shape == (3, 4)
+
+
+def test_line_rates_with_intervals():
+    from course_lib.corpus import generate_corpus
+    from course_lib.quality import line_rates
+    train = generate_corpus(3, 0, split="train")
+    held = generate_corpus(2, 0, split="heldout")
+    lines = train + held + ["not a listing", held[0]]
+    r = line_rates(lines, set(train))
+    assert r["n"] == 7
+    assert (r["well_formed"]["k"], r["novel"]["k"], r["heldout"]["k"], r["distinct"]["k"]) == (6, 3, 3, 6)
+    lo, hi = r["well_formed"]["ci95"]
+    assert lo < 6 / 7 < hi
+    with pytest.raises(ValueError, match="no lines"):
+        line_rates([])

@@ -20,7 +20,13 @@ from .sampling import SamplingSettings, check_sampling_args
 from .stopping import StopCriteria
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+STOP_CHECK_EVERY = 8  # on a device, "is every row finished?" makes the host wait: ask every 8 tokens
 _WARNED_TRAINING: weakref.WeakSet = weakref.WeakSet()  # models already warned about train() mode
+
+
+def stop_check_interval(device: torch.device) -> int:
+    """How many tokens between "is every row finished?" checks: every token on the CPU (free)."""
+    return 1 if device.type == "cpu" else STOP_CHECK_EVERY
 
 
 def warn_if_training(model) -> None:
@@ -90,7 +96,9 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     eos_token_id (one id or a list) and stop (a string or a list; needs enc, default the course's
     cl100k_base) finish rows: from the step after, a finished row gets pad_token_id (default the
     first eos id, else <|endoftext|>) and is dropped from the batch the model computes (its cache
-    rows too), and the loop returns as soon as every row is finished.
+    rows too), and the loop returns as soon as every row is finished. On a device that check waits
+    for the device, so it runs every STOP_CHECK_EVERY tokens: a few padding-only steps may run (and
+    reach on_step), then are trimmed, so the result is the one the CPU returns.
     draw chooses the random draw (`SamplingSettings.sample`): "multinomial" or "inverse_cdf".
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
@@ -113,6 +121,10 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     cache = None
     B = idx.shape[0]
     rows = None  # the rows still generating, once some have finished (None = all): only they are computed
+    # On a device, reading "how many rows are still going?" every token would stall the GPU each step:
+    # ask every STOP_CHECK_EVERY tokens, remember on the device when the last row finished, trim after.
+    check_every = stop_check_interval(idx.device)
+    prompt_len, all_done_at = idx.shape[1], torch.full((), -1, device=idx.device)
     for step in range(max_new_tokens):
         cur = idx if rows is None else idx.index_select(0, rows)
         cmask = mask if mask is None or rows is None else mask.index_select(0, rows)
@@ -141,10 +153,12 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
         if stopper.active:
             done = stopper.update(nxt)
-            n_active = int((~done).sum())  # one host sync per step, only when rows can finish
+            if check_every > 1:
+                all_done_at = torch.where((all_done_at < 0) & done.all(), step, all_done_at)
+            n_active = int((~done).sum()) if (step + 1) % check_every == 0 else -1  # a host sync
             if n_active == 0:
                 break
-            if n_active < (B if rows is None else rows.numel()):  # rows just finished: drop them from the batch
+            if 0 < n_active < (B if rows is None else rows.numel()):  # rows finished: drop them from the batch
                 local = (~done if rows is None else (~done).index_select(0, rows)).nonzero()[:, 0]
                 rows = (~done).nonzero()[:, 0]
                 if cache is not None:
@@ -152,4 +166,6 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
                     cache.batch_size = rows.numel()
         if stop_when is not None and stop_when(nxt):
             break
+    if check_every > 1 and stopper.active and (end := int(all_done_at)) >= 0:  # one sync, after the loop
+        idx = idx[:, :prompt_len + end + 1]  # the steps after every row finished added only padding
     return idx

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from course_lib import decode
 from course_lib.batching import generate_batch
-from course_lib.decode import generate_ids
+from course_lib.decode import STOP_CHECK_EVERY, generate_ids
 from course_lib.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_draw, sample_next
 from course_lib.tokenizer import get_encoding
 
@@ -86,9 +87,10 @@ class HostSyncCounter(TorchFunctionMode):
 
     HOST = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"}
 
-    def __init__(self) -> None:
+    def __init__(self, fill: int = 0) -> None:
         super().__init__()
         self.calls: list[str] = []
+        self.fill = fill  # the stand-in's value: e.g. the batch size, for "how many rows are still going?"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -97,13 +99,13 @@ class HostSyncCounter(TorchFunctionMode):
                                        for a in (*args[1:], kwargs.get("device")))
         if (name in self.HOST or to_host) and args and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
             self.calls.append(name)
-            stand_in = torch.zeros(args[0].shape, dtype=args[0].dtype)
+            stand_in = torch.full(args[0].shape, self.fill, dtype=args[0].dtype)
             return func(stand_in, *args[1:], **kwargs)
         return func(*args, **kwargs)
 
 
-def count_syncs(run) -> int:
-    with HostSyncCounter() as counter:
+def count_syncs(run, fill: int = 0) -> int:
+    with HostSyncCounter(fill) as counter:
         run()
     return len(counter.calls)
 
@@ -157,3 +159,43 @@ def test_public_text_functions_keep_everything_on_the_models_device(make_gpt):
         texts = generate_batch(model, enc, ["Meadow Farm", "农夫山泉", "x"], 4, 0.7, top_k=5,
                                generator=torch.Generator().manual_seed(0), batch_size=2)
     assert len(texts) == 3 and counter.calls == ["tolist", "tolist"]  # one per chunk, after its loop
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_eos_stopping_checks_the_device_every_few_tokens(make_gpt, batch, temperature):
+    model = make_gpt(vocab_size=300, block_size=64).to("meta")
+    idx = torch.zeros(batch, 5, dtype=torch.long, device="meta")
+
+    def run(n: int):  # the stand-in says no row has finished, so the loop runs all n steps
+        return lambda: generate_ids(model, idx, n, temperature, eos_token_id=[7, 9],
+                                    generator=torch.Generator().manual_seed(0))
+
+    short, long = count_syncs(run(16), fill=batch), count_syncs(run(32), fill=batch)
+    assert long - short == (32 - 16) // STOP_CHECK_EVERY  # one sync per STOP_CHECK_EVERY tokens, not per token
+
+
+@pytest.mark.parametrize("temperature,batch", [(0.0, 3), (0.0, 4), (0.0, 1), (1.0, 4)])
+def test_checking_every_few_tokens_returns_what_checking_every_token_does(make_gpt, monkeypatch, temperature, batch):
+    """Greedy: token-exact. Sampled: rows leave the computed batch later, so a seed draws different
+    tokens (same distribution); what must hold is that every row ends at its first eos, then pads,
+    and the result ends where the last row finished."""
+    model = make_gpt(vocab_size=40, block_size=32, dropout=0.0)
+    idx = torch.randint(0, 40, (batch, 3), generator=torch.Generator().manual_seed(1))
+    free = generate_ids(model, idx, 20, temperature, generator=torch.Generator().manual_seed(2))[:, 3:]
+    eos_sets = [free[:, 4].tolist(), free[:1, 9].tolist(), [int(free[-1, 13])]]  # every row / some rows stop
+    outs = []
+    for every in (1, 3):
+        monkeypatch.setattr(decode, "stop_check_interval", lambda device, every=every: every)
+        outs.append([generate_ids(model, idx, 20, temperature, eos_token_id=eos, generator=torch.Generator().manual_seed(2))
+                     for eos in eos_sets])
+    if temperature == 0:
+        for a, b in zip(*outs, strict=True):
+            assert torch.equal(a, b), (a, b)
+    for out, eos in zip(outs[1], eos_sets, strict=True):
+        new = out[:, 3:].tolist()
+        ends = [next((i for i, t in enumerate(row) if t in eos), None) for row in new]
+        for row, end in zip(new, ends, strict=True):
+            assert end is None or all(t == eos[0] for t in row[end + 1:])  # after its eos a row only pads
+        assert len(new[0]) == 20 if None in ends else len(new[0]) == max(ends) + 1  # trimmed to the last finish
+    assert any(o.shape[1] < 23 for o in outs[1])  # some outputs stopped early: the trim was exercised

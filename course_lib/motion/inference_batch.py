@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tqdm import tqdm
 
 from ..checkpoints import CheckpointError
 from ..device import pick_device
-from ..files import atomic_write, claim_numbered_folder
+from ..files import atomic_write, check_output_folder, claim_numbered_folder
 from ..paths import RUNS, display_path
 from .pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
 from .render import save_gif
@@ -83,23 +82,6 @@ def read_prompts(path: Path) -> list[str]:
         raise ValueError(f"prompt file {display_path(path)} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
                          "save it as UTF-8 and run again") from None
     return text.splitlines()
-
-
-def check_output_root(root: Path) -> None:
-    """Refuse (ValueError) an output folder that cannot be created, before any compute; creates nothing."""
-    probe = root
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link
-            raise ValueError(f"output folder {display_path(root)}: {display_path(probe)} is a broken link; pass another --out_dir")
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"output folder {display_path(root)} cannot be created: {display_path(probe)} is a file, "
-                         "not a folder; pass another --out_dir")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=probe))
-    except OSError as exc:
-        raise ValueError(f"output folder {display_path(root)} cannot be created: {display_path(probe)} is not writable "
-                         f"({exc.strerror}); pass another --out_dir") from None
 
 
 def check_line(line: str, max_chars: int = MAX_CHARS) -> str | None:
@@ -161,7 +143,7 @@ def _main(argv: list[str] | None) -> int:
         ap.error(f"--exp_name must be a plain folder name inside --out_dir (like 'demo'), got {args.exp_name!r}")
     try:
         lines = read_prompts(args.infer_batch_prompt)
-        check_output_root(root)
+        check_output_folder(root, "--out_dir")
     except (OSError, ValueError) as exc:
         ap.error(str(exc))
     try:

@@ -7,7 +7,6 @@ the executed notebooks are the very same picture.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 
 import matplotlib.pyplot as plt
 import torch
@@ -40,35 +39,10 @@ use_course_font()
 
 # ===================================================================== chapter 02: sampling
 
-_CJK_FONTS = [COURSE_FONT_FAMILY, "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
-              "Microsoft YaHei", "PingFang SC", "Heiti SC", "Arial Unicode MS"]
-
-
-@cache
-def _cjk_font() -> str | None:
-    """A font that can draw Chinese, if the machine has one (matplotlib's default cannot)."""
-    for name in _CJK_FONTS:
-        try:
-            font_manager.findfont(name, fallback_to_default=False)
-            return name
-        except ValueError:
-            continue
-    return None
-
-
-def text_for_plot(text: str) -> str:
-    """Chinese as is when a CJK font is installed, else as code points (U+519C): no missing-glyph boxes or warnings."""
-    font = _cjk_font()
-    if font is not None:
-        if font not in plt.rcParams["font.sans-serif"]:
-            plt.rcParams["font.sans-serif"] = [*plt.rcParams["font.sans-serif"], font]
-        return text
-    return "".join(c if c.isascii() else f"U+{ord(c):04X}" for c in text)
-
 
 def _label(enc, token_id: int) -> str:
     text = show_token(enc, token_id)
-    return text_for_plot(repr(text)[1:-1] if not text.startswith("<") else text)
+    return repr(text)[1:-1] if not text.startswith("<") else text
 
 
 def plot_next_token_distribution(enc, logits: torch.Tensor, filtered: torch.Tensor, n: int = 12, title: str = "",
@@ -120,22 +94,6 @@ def plot_temperature_sweep(enc, logits: torch.Tensor, temperatures: Sequence[flo
     axes[0].set_ylabel("probability")
     fig.tight_layout()
     return fig
-
-
-def plot_tradeoff(rows: Sequence[dict], x_key: str, xlabel: str, title: str = "", ax=None):
-    """Well-formed rate (quality) and distinct rate (diversity) against a sampling knob."""
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-    xs = [str(r[x_key]) for r in rows]
-    ax.plot(xs, [r["well_formed"] for r in rows], "o-", label="well-formed rate (quality)", color="#31a354")
-    ax.plot(xs, [r["distinct"] for r in rows], "s--", label="distinct rate (diversity)", color="#e6550d")
-    ax.set_xlabel(xlabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig or ax.figure
 
 
 RATE_STYLE = {"well_formed": ("well-formed (quality)", "o-", "#31a354"), "novel": ("novel (not in training)", "^-", "#3182bd"),
@@ -214,7 +172,7 @@ def plot_attention_masks(masks: Sequence[torch.Tensor], titles: Sequence[str]):
     axes = [axes] if len(masks) == 1 else axes
     for ax, m, t in zip(axes, masks, titles, strict=True):
         ax.imshow(m.float().cpu().numpy(), cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(text_for_plot(t), fontsize=9)
+        ax.set_title(t, fontsize=9)
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
     fig.tight_layout()

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .decode import next_token_logits
-from .plots import plot_next_token_distribution, text_for_plot
+from .plots import plot_next_token_distribution
 from .sampling import filter_logits
 from .streaming import generate_stream
 
@@ -29,7 +29,7 @@ def sampling_figure(model, enc, prompt: str = "农夫山泉", temperature: float
     text = generate_stream(model, enc, prompt, max_new_tokens, temperature, k, top_p,
                            generator=torch.Generator().manual_seed(seed), on_text=lambda t: None)
     fig = plot_next_token_distribution(enc, logits, filtered, n=n,
-                                       title=f"after {text_for_plot(repr(prompt))}: T={temperature}, top_k={top_k or 'off'}, top_p={top_p} "
+                                       title=f"after {prompt!r}: T={temperature}, top_k={top_k or 'off'}, top_p={top_p} "
                                              f"→ {kept:,} tokens kept")
     return fig, text
 

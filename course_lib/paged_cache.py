@@ -200,9 +200,10 @@ class PagedKVCache:
         manager, done, slots, starts = self.manager, [], [], []
         try:
             for seq in seq_ids:
-                starts.append(manager.lengths.get(seq, 0))
+                start = manager.lengths.get(seq, 0)
                 new_slots, copies = manager.append(seq, n_new)
                 done.append(seq)
+                starts.append(start)
                 for src, dst in copies:  # copy-on-write: every layer's keys and values of the shared block
                     self.k[:, dst] = self.k[:, src]
                     self.v[:, dst] = self.v[:, src]

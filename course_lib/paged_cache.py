@@ -144,6 +144,19 @@ class BlockManager:
                          f"({last - first + 1}/{bs} full{shared})")
         return "\n".join(lines)
 
+    def pool_picture(self) -> str:
+        """The pool block by block: '#' a filled slot, '.' an empty one, and which sequences hold the block
+        (as "name[i]": its i-th block). Free blocks are listed at the end."""
+        owners: dict[int, list[str]] = {}
+        filled: dict[int, int] = {}
+        for seq, table in self.tables.items():
+            for i, b in enumerate(table):
+                owners.setdefault(b, []).append(f"{seq}[{i}]")
+                filled[b] = max(filled.get(b, 0), min(self.block_size, self.lengths[seq] - i * self.block_size))
+        lines = [f"block {b:>3} |{'#' * filled[b]}{'.' * (self.block_size - filled[b])}| {', '.join(owners[b])}"
+                 for b in sorted(owners)]
+        return "\n".join(lines + [f"free: {sorted(self.free_blocks)}"])
+
     def _check(self, seq: SeqId) -> None:
         if seq not in self.tables:
             raise KeyError(f"sequence {seq!r} is not in the cache (known: {list(self.tables)}); add({seq!r}) it first")
@@ -298,25 +311,33 @@ def generate_paged(model, cache: PagedKVCache, prompts: Sequence[Sequence[int]],
         raise ValueError("give at least one request, each with at least one token (in its prompt or in prefix)")
     dev, seqs = model.device, list(range(len(prompts)))
     as_ids = lambda toks: torch.tensor([list(toks)], dtype=torch.long, device=dev)  # noqa: E731
-    prefix_logits = None
-    if prefix:
-        cache.add("prefix")
-        prefix_logits = paged_forward(model, cache, ["prefix"], as_ids(prefix))
-    logits = []
-    for seq, prompt in zip(seqs, prompts, strict=True):  # prefill: each request alone, at its own length
-        cache.fork("prefix", seq) if prefix else cache.add(seq)
-        logits.append(paged_forward(model, cache, [seq], as_ids(prompt)) if len(prompt) else prefix_logits)
-    logits = torch.cat(logits)                                           # (n, vocab)
-    out: list[list[int]] = [[] for _ in seqs]
-    for i in range(max_new_tokens):
-        nxt = settings.sample(logits, generator)                         # (n, 1)
-        for row, t in zip(out, nxt[:, 0].tolist(), strict=True):
-            row.append(t)
-        if i + 1 < max_new_tokens:
-            logits = paged_forward(model, cache, seqs, nxt)              # decode: every request, one token each
-    if free:
-        for seq in seqs + (["prefix"] if prefix else []):
-            cache.free(seq)
+    added: list[SeqId] = []  # what this call put in the cache (and frees again)
+    try:
+        prefix_logits = None
+        if prefix:
+            cache.add("prefix")
+            added.append("prefix")
+            prefix_logits = paged_forward(model, cache, ["prefix"], as_ids(prefix))
+        logits = []
+        for seq, prompt in zip(seqs, prompts, strict=True):  # prefill: each request alone, at its own length
+            cache.fork("prefix", seq) if prefix else cache.add(seq)
+            added.append(seq)
+            logits.append(paged_forward(model, cache, [seq], as_ids(prompt)) if len(prompt) else prefix_logits)
+        logits = torch.cat(logits)                                       # (n, vocab)
+        out: list[list[int]] = [[] for _ in seqs]
+        for i in range(max_new_tokens):
+            nxt = settings.sample(logits, generator)                     # (n, 1)
+            for row, t in zip(out, nxt[:, 0].tolist(), strict=True):
+                row.append(t)
+            if i + 1 < max_new_tokens:
+                logits = paged_forward(model, cache, seqs, nxt)          # decode: every request, one token each
+    except Exception:
+        free = True  # never leave a failed request's blocks behind
+        raise
+    finally:
+        if free:
+            for seq in added:
+                cache.free(seq)
     return out
 
 

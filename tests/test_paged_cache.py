@@ -174,3 +174,16 @@ def test_a_step_that_runs_out_of_blocks_rolls_back_every_row(make_gpt):
 def test_memory_formulas():
     assert contiguous_slots([5, 40, 200]) == 600 and contiguous_slots([5, 40], max_len=512) == 1024
     assert paged_slots([5, 40, 200], 16) == 16 + 48 + 208
+
+
+def test_generate_paged_frees_its_sequences_when_the_pool_runs_out(make_gpt):
+    model = make_gpt(dropout=0.0)
+    cache = PagedKVCache.for_model(model, n_blocks=3, block_size=4)
+    cache.add("mine")
+    with pytest.raises(PoolExhausted):
+        generate_paged(model, cache, [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], 4)
+    assert list(cache.manager.tables) == ["mine"] and cache.manager.num_free == 3
+    cache.add(0)  # someone else's sequence 0: generate_paged refuses to reuse the id and leaves it alone
+    with pytest.raises(ValueError, match="already in the cache"):
+        generate_paged(model, cache, [[1]], 2)
+    assert list(cache.manager.tables) == ["mine", 0]

@@ -3,6 +3,8 @@ limit, and greedy decoding through pages token-exact with the contiguous `KVCach
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -187,3 +189,15 @@ def test_generate_paged_frees_its_sequences_when_the_pool_runs_out(make_gpt):
     with pytest.raises(ValueError, match="already in the cache"):
         generate_paged(model, cache, [[1]], 2)
     assert list(cache.manager.tables) == ["mine", 0]
+
+
+@pytest.mark.skipif(not os.environ.get("COURSE_TEST_DEVICE"), reason="set COURSE_TEST_DEVICE (make test-gpu does)")
+def test_paged_decoding_on_the_test_device(make_gpt):
+    device = os.environ["COURSE_TEST_DEVICE"]
+    model = make_gpt(n_kv_head=2, dropout=0.0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    on_cpu = generate_paged(model, PagedKVCache.for_model(model, 16, 4), prompts, 6, prefix=[20, 21, 22, 23, 24])
+    model = model.to(device)
+    cache = PagedKVCache.for_model(model, 16, 4)
+    assert cache.k.device.type == torch.device(device).type
+    assert generate_paged(model, cache, prompts, 6, prefix=[20, 21, 22, 23, 24]) == on_cpu

@@ -53,6 +53,10 @@ def check_h_params(h_params: object) -> None:
     hp = {**DEFAULT_H_PARAMS, **h_params}
     if hp["n_embd"] % hp["n_head"] or (hp["n_embd"] // hp["n_head"]) % 2:
         raise ValueError(f"h_params: n_embd {hp['n_embd']} must split into n_head {hp['n_head']} heads of even size (rotary pairs)")
+    kv = hp.get("n_kv_head", hp["n_head"])  # optional: absent means plain multi-head attention
+    if isinstance(kv, bool) or not isinstance(kv, Integral) or kv < 1 or hp["n_head"] % kv:
+        raise ValueError(f"h_params['n_kv_head'] must be an int >= 1 that divides n_head {hp['n_head']}, got {kv!r} "
+                         "(leave it out for multi-head attention)")
     d, theta = hp["dropout"], hp["rope_theta"]
     if isinstance(d, bool) or not isinstance(d, Real) or not 0 <= d < 1:
         raise ValueError(f"h_params['dropout'] must be a number in [0, 1), got {d!r}")
@@ -70,9 +74,12 @@ class GPT(nn.Module):
         hp = self.h_params
         self.block_size = hp["block_size"]
         self.head_dim = hp["n_embd"] // hp["n_head"]
+        # Grouped-query attention when n_kv_head < n_head; absent (every shipped checkpoint) means n_head.
+        self.n_kv_head = int(hp.get("n_kv_head", hp["n_head"]))
         self.tok_emb = nn.Embedding(hp["vocab_size"], hp["n_embd"])
         self.drop = nn.Dropout(hp["dropout"])
-        self.blocks = nn.ModuleList(Block(hp["n_embd"], hp["n_head"], hp["dropout"], causal=True) for _ in range(hp["n_layer"]))
+        self.blocks = nn.ModuleList(Block(hp["n_embd"], hp["n_head"], hp["dropout"], causal=True, n_kv_head=self.n_kv_head)
+                                    for _ in range(hp["n_layer"]))
         self.norm = RMSNorm(hp["n_embd"])
         self.lm_head = nn.Linear(hp["n_embd"], hp["vocab_size"], bias=False)
         # Weight tying: the 100k-row table is most of the model; using it for input and output
@@ -126,9 +133,9 @@ class GPT(nn.Module):
     # explicit: with a cache the model cannot guess where the new tokens sit.
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache for this model: (n_layer, B, n_head, max_len, head_dim), max_len = block_size."""
+        """An empty cache for this model: (n_layer, B, n_kv_head, max_len, head_dim), max_len = block_size."""
         hp = self.h_params
-        return KVCache(hp["n_layer"], batch_size, hp["n_head"], self.head_dim, max_len or self.block_size,
+        return KVCache(hp["n_layer"], batch_size, self.n_kv_head, self.head_dim, max_len or self.block_size,
                        device=self.device, dtype=self.tok_emb.weight.dtype)
 
     def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None, cache: KVCache | None = None,

@@ -91,32 +91,50 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ----------------------------------------------------------------------------- attention
 class Attention(nn.Module):
-    """Multi-head self-attention through `scaled_dot_product_attention`.
+    """Multi-head self-attention through `scaled_dot_product_attention`, with optional grouped-query attention.
 
     `kv_cache`, when given, is an object with `update(k, v) -> (k_all, v_all)`: it stores this
     step's keys/values and returns everything seen so far, so decoding one token does not
     recompute the keys and values of the whole prefix.
+
+    n_kv_head < n_head is grouped-query attention (GQA; n_kv_head = 1 is multi-query, MQA): each
+    group of n_head / n_kv_head query heads shares one key/value head. The cache stores only the
+    n_kv_head heads, so it shrinks by that factor; the heads are repeated just before attention.
+    One fused `qkv` projection (rows: n_head query heads, then n_kv_head key and value heads) keeps
+    the parameter names and shapes of plain multi-head attention when n_kv_head == n_head.
     """
 
     # The RoPE layout (rotate-half); `rope.set_rope_layout` swaps in Meta's interleaved one (chapter 05).
     rope_fn = staticmethod(apply_rope)
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True, n_kv_head: int | None = None):
         super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        self.n_head, self.head_dim, self.causal, self.dropout = n_head, n_embd // n_head, causal, dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f"n_kv_head ({n_kv_head!r}) must be an int >= 1 that divides n_head ({n_head}); "
+                             f"n_kv_head = n_head is plain multi-head attention, 1 is multi-query")
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head
+        self.causal, self.dropout = causal, dropout
+        self.qkv = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * self.head_dim, bias=False)
         self.proj = nn.Linear(n_embd, n_embd, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, d)
+        d, kv = self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([C, kv, kv], dim=-1)
+        q = q.view(B, T, self.n_head, d).transpose(1, 2)         # (B, H, T, d)
+        k = k.view(B, T, self.n_kv_head, d).transpose(1, 2)      # (B, H_kv, T, d)
+        v = v.view(B, T, self.n_kv_head, d).transpose(1, 2)
         cos, sin = rope
         q, k = self.rope_fn(q, cos, sin), self.rope_fn(k, cos, sin)
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # (B, H, T_total, d)
+            k, v = kv_cache.update(k, v)  # (B, H_kv, T_total, d): the cache holds only the kv heads
+        if self.n_kv_head != self.n_head:  # query head h reads kv head h // group
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         # With an explicit mask (padding, or a cache offset) the mask carries causality itself.
         is_causal = self.causal and attn_mask is None and kv_cache is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
@@ -146,10 +164,11 @@ def swiglu_hidden(n_embd: int, multiple_of: int = 32) -> int:
 class Block(nn.Module):
     """One pre-norm transformer block; dropout on both residual branches is active only in train()."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True, ffn_hidden: int | None = None):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, causal: bool = True, ffn_hidden: int | None = None,
+                 n_kv_head: int | None = None):
         super().__init__()
         self.attn_norm = RMSNorm(n_embd)
-        self.attn = Attention(n_embd, n_head, dropout, causal)
+        self.attn = Attention(n_embd, n_head, dropout, causal, n_kv_head)
         self.ffn_norm = RMSNorm(n_embd)
         self.ffn = SwiGLU(n_embd, ffn_hidden or swiglu_hidden(n_embd))
         self.drop = nn.Dropout(dropout)

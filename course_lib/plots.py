@@ -177,3 +177,29 @@ def plot_attention_masks(masks: Sequence[torch.Tensor], titles: Sequence[str]):
         ax.set_ylabel("query position")
     fig.tight_layout()
     return fig
+
+
+def plot_kv_memory(batch_rows: Sequence[tuple[str, float]], context: Sequence[int], by_heads: dict[str, Sequence[float]],
+                   title_right: str = "", used_mib: float | None = None):
+    """Left: KV memory of one batch under different cache layouts (bars, MiB; a dashed line at used_mib, the
+    tokens actually stored). Right: KV memory of one
+    sequence against context length for MHA / GQA / MQA (GiB), e.g. for a 7B-shaped model."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    names, mib = [r[0] for r in batch_rows], [r[1] for r in batch_rows]
+    ax1.barh(range(len(names)), mib, color=["#de2d26", "#3182bd", "#31a354", "#756bb1"][:len(names)])
+    ax1.set_yticks(range(len(names)), names, fontsize=8)
+    ax1.invert_yaxis()
+    if used_mib is not None:
+        ax1.axvline(used_mib, color="black", linestyle="--", linewidth=1, label="tokens stored")
+        ax1.legend(fontsize=8, loc="lower right")
+    ax1.set_xlabel("KV cache MiB for the batch")
+    ax1.grid(alpha=0.3, axis="x")
+    for name, gib in by_heads.items():
+        ax2.plot(context, gib, "o-", label=name)
+    ax2.set_xlabel("context length (tokens)")
+    ax2.set_ylabel("KV cache GiB per sequence")
+    ax2.set_title(title_right, fontsize=9)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -48,10 +48,8 @@ def to_hf_llama(model: GPT, device: str | torch.device | None = None):
     head_dim = C // H
     for i in range(h["n_layer"]):
         p, q = f"blocks.{i}.", f"model.layers.{i}."
-        if p + "attn.qkv.weight" in src:  # fused (q | k | v) rows, each head-major: split in three
-            qw, kw, vw = src[p + "attn.qkv.weight"].split([C, n_kv * head_dim, n_kv * head_dim])
-        else:  # separate projections (grouped-query attention)
-            qw, kw, vw = (src[p + f"attn.{n}.weight"] for n in ("q", "k", "v"))
+        # One fused projection: rows are the n_head query heads, then n_kv_head key and value heads.
+        qw, kw, vw = src[p + "attn.qkv.weight"].split([C, n_kv * head_dim, n_kv * head_dim])
         dst.update({q + "self_attn.q_proj.weight": qw, q + "self_attn.k_proj.weight": kw,
                     q + "self_attn.v_proj.weight": vw, q + "self_attn.o_proj.weight": src[p + "attn.proj.weight"],
                     q + "mlp.gate_proj.weight": src[p + "ffn.gate.weight"], q + "mlp.up_proj.weight": src[p + "ffn.up.weight"],

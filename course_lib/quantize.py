@@ -251,3 +251,58 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += t.untyped_storage().nbytes()
     return total
+
+
+# ------------------------------------------------------------------- what changed: agreement
+AGREEMENT_SEED = 4242  # the held-out lines whose openings are prompts (fixed: the prompt set never changes)
+
+
+def agreement_prompts(per_brand: int = 4, seed: int = AGREEMENT_SEED) -> list[str]:
+    """The fixed prompt set: every brand alone, then each brand with the first word of `per_brand`
+    held-out-split listings (duplicates dropped, order kept)."""
+    from .corpus import BRANDS, generate_corpus
+
+    prompts = []
+    for brand in BRANDS:
+        prompts.append(brand)
+        for line in generate_corpus(per_brand, seed, split="heldout", brand=brand):
+            words = line.split(" ")
+            prompts.append(" ".join(words[:len(brand.split(" ")) + 1]))
+    return list(dict.fromkeys(prompts))
+
+
+@torch.no_grad()
+def greedy_lines(model: nn.Module, enc, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 32) -> list[list[int]]:
+    """Greedy new token ids per prompt, up to and including the first newline (or max_new_tokens)."""
+    from .batching import pad_batch
+
+    nl = enc.encode("\n")[0]
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = pad_batch(enc, prompts[start:start + batch_size], model.block_size, device=model.device)
+        full = model.generate(ids, max_new_tokens, temperature=0, attention_mask=mask, eos_token_id=nl)
+        for row in full[:, ids.shape[1]:].tolist():
+            out.append(row[:row.index(nl) + 1] if nl in row else row)
+    return out
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
+    """How far greedy decoding of a variant follows the reference, prompt by prompt.
+
+    identical: lines whose every new token equals the reference's (k/n with a 95% Wilson interval);
+    token_agreement: the reference's tokens produced before the first difference, over all the
+    reference's tokens (1.0 = no line ever diverges)."""
+    from .stats import rate
+
+    if len(reference) != len(other):
+        raise ValueError(f"reference has {len(reference)} lines, other {len(other)}: run both on the same prompts")
+    same, matched = 0, 0
+    for a, b in zip(reference, other, strict=True):
+        same += a == b
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        matched += n
+    total = sum(map(len, reference))
+    return {"identical": rate(same, len(reference)), "token_agreement": round(matched / max(total, 1), 4),
+            "tokens": total}

@@ -29,6 +29,7 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     compile_watch          graph counts, failed guards, the recompile-limit fallback  06
     graph_pitfalls         the broken steps chapter 06 reproduces (trace, CUDA graphs) 06
     engine, engine_check   seed 002's per-phase static graphs; its test-script CLI    06
+    quantize               weight-only int8 (per channel) / int4 (per group) / bf16; bytes, greedy agreement  08b
     quality                sampled lines: well-formed / novel / distinct rates, decoders compared  02, 02b
     plots, widgets         the figures and the interactive explorers                 02, 03
     corpus                 the listing grammar the text model was trained on         00, 02

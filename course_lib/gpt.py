@@ -23,9 +23,10 @@ from .device import pick_device
 from .kv_cache import KVCache
 from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights, num_params, rope_angles, run_blocks
 from .paths import TEXT_MODEL, display_path
+from .quantize import quantize  # noqa: F401  (public: a quantized copy that generate accepts, chapter 08b)
 from .scoring import sequence_logprob, sequence_logprobs
 
-__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "DEFAULT_H_PARAMS"]
+__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "quantize", "DEFAULT_H_PARAMS"]
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included

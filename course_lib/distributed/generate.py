@@ -28,8 +28,7 @@ from ..decode import encode_prompt
 from ..gpt import load_gpt
 from ..tokenizer import get_encoding
 from .comm import Comm
-from .process_group import (DEFAULT_TIMEOUT, DistSetupError, check_divides, check_env, init_from_env, shutdown,
-                            timeout_message)
+from .process_group import DEFAULT_TIMEOUT, DistSetupError, check_divides, check_env, init_from_env, shutdown, timeout_message
 from .tp_gpt import TPGPT, tp_generate
 
 COMMAND = "-m course_lib.distributed.generate --prompt ... --max_new_tokens ..."

@@ -27,6 +27,20 @@ from .process_group import check_divides
 from .tp_layers import TPBlock, VocabParallelTable
 
 
+def local_max_pair(local: torch.Tensor, v0: int) -> torch.Tensor:
+    """(B, v_local) logits of ids v0 .. -> (B, 2): the slice's max and its global id (the first, if tied).
+    Ids are stored as float64 next to the value: exact for any vocabulary (< 2^53)."""
+    val, idx = local.double().max(-1, keepdim=True)
+    return torch.cat([val, (idx + v0).double()], -1)
+
+
+def global_argmax(pairs: torch.Tensor) -> torch.Tensor:
+    """(B, world, 2) pairs in rank order -> ids (B, 1): the largest value; a tie goes to the lowest rank,
+    whose ids are the lowest, so this is exactly torch.argmax over the full row (first maximum)."""
+    best = pairs[..., 0].argmax(-1, keepdim=True)  # argmax returns the first maximum
+    return pairs[..., 1].gather(1, best).long()
+
+
 class TPGPT(nn.Module):
     """This rank's part of a loaded `GPT`; `prefill`/`decode_step` return this rank's logit slice."""
 
@@ -70,11 +84,9 @@ class TPGPT(nn.Module):
 
     def argmax(self, local: torch.Tensor) -> torch.Tensor:
         """Distributed argmax of (B, v_local) slices -> global ids (B, 1), identical on every rank."""
-        val, idx = local.float().max(-1, keepdim=True)  # first max within the slice
-        pair = torch.cat([val, (idx + self.table.v0).to(val.dtype)], -1)  # (B, 2); ids < 2^24: exact in fp32
-        pairs = self.comm.all_gather_last(pair, [2] * self.comm.world_size).view(-1, self.comm.world_size, 2)
-        best = pairs[..., 0].argmax(-1, keepdim=True)  # ties -> the lowest rank, i.e. the lowest token id
-        return pairs[..., 1].gather(1, best).long()
+        pair = local_max_pair(local, self.table.v0)
+        pairs = self.comm.all_gather_last(pair, [2] * self.comm.world_size)  # (B, 2 * world): 2 numbers per rank
+        return global_argmax(pairs.view(-1, self.comm.world_size, 2))
 
     def full_logits(self, local: torch.Tensor) -> torch.Tensor:
         """All-gather the vocabulary slices -> (B, vocab) on every rank."""

@@ -6,6 +6,8 @@
     tp_gpt          the course GPT split over ranks; decoding with a cache holding only local heads
     generate        the CLI: torchrun --nproc_per_node 2 -m course_lib.distributed.generate --prompt ...
     gather          sharding a dataset by rank and collecting per-rank results (ACT evaluation)
+    launch          starting torchrun from Python (notebook, tests, benchmark) on a free port
+    step_timing     ms per decode step, time in collectives, bytes per rank (benchmarks/distributed.py)
 """
 
 from .process_group import DistSetupError, init_from_env, launched_by_torchrun

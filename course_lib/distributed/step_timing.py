@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 from ..gpt import load_gpt
-from ..paths import REPO_ROOT
 from .comm import Comm
 from .gather import all_gather_object
+from .launch import run_torchrun
 from .process_group import init_from_env, shutdown
 from .tp_gpt import TPGPT, weight_bytes
 
@@ -83,25 +80,6 @@ def worker(steps: int, warmup: int) -> dict | None:
     out["step_ms_per_rank"] = [r["step_ms"] for r in rows]
     out["collective_ms_per_rank"] = [r["collective_ms"] for r in rows]
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun_cmd(nproc: int, module: str, *args: str, port: int | None = None) -> list[str]:
-    """The torchrun command line (as `python -m torch.distributed.run`, the same program) for one machine."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), "-m", module, *args]
-
-
-def run_torchrun(nproc: int, module: str, *args: str, threads: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Launch a course module under torchrun from any working directory; threads = OMP threads per process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
-    return subprocess.run(torchrun_cmd(nproc, module, *args), capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=timeout)
 
 
 def measure(nproc: int, threads: int = 1, steps: int = 40, warmup: int = 5) -> dict:

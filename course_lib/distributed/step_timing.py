@@ -44,10 +44,9 @@ def _time_steps(step, token: torch.Tensor, n: int, comm: Comm | None = None) -> 
     return times, in_comm
 
 
-def worker(steps: int, warmup: int) -> dict | None:
-    info = init_from_env("cpu", timeout=120, command="-m course_lib.distributed.step_timing")
-    model = load_gpt(device="cpu")
-    comm = Comm(info.rank, info.world_size)
+def time_rank(model, comm: Comm, steps: int, warmup: int) -> dict:
+    """This rank's row: median ms per greedy step, ms inside collectives, bytes. With world size 1
+    (no process group needed: this also runs in a notebook's own process) the plain model is timed too."""
     tp = TPGPT(model, comm)
     idx = torch.tensor([PROMPT_IDS])
     cache = tp.new_cache(1, len(PROMPT_IDS) + warmup + steps + 2)
@@ -57,7 +56,7 @@ def worker(steps: int, warmup: int) -> dict | None:
         _time_steps(tp_step, token, warmup)
         comm.reset_stats()
         times, in_comm = _time_steps(tp_step, token, steps, comm)
-        row = {"processes": info.world_size, "threads": torch.get_num_threads(),
+        row = {"processes": comm.world_size, "threads": torch.get_num_threads(),
                "step_ms": 1000 * statistics.median(times),
                "collective_ms": 1000 * statistics.median(in_comm),  # the median step's share, not a mean
                "compute_ms": 1000 * statistics.median(t - c for t, c in zip(times, in_comm, strict=True)),
@@ -65,13 +64,20 @@ def worker(steps: int, warmup: int) -> dict | None:
                "sent_bytes_per_step": sum(s.bytes for s in comm.stats.values()) // steps,
                "weight_bytes": weight_bytes(tp),
                "kv_bytes_full_context": tp.new_cache(1).k.numel() * 2 * 4}
-        if info.world_size == 1:  # the model itself, no TP wrapper: the baseline
+        if comm.world_size == 1:  # the model itself, no TP wrapper: the baseline
             ref_cache = model.new_cache(1)
             model.prefill(idx, cache=ref_cache)
             ref_step = lambda t: model.decode_step(t, ref_cache).argmax(-1, keepdim=True)  # noqa: E731
             _time_steps(ref_step, token, warmup)
             row["single_process_model_ms"] = 1000 * statistics.median(_time_steps(ref_step, token, steps)[0])
             row["single_process_weight_bytes"] = weight_bytes(model)
+    return row
+
+
+def worker(steps: int, warmup: int) -> dict | None:
+    """Under torchrun: every rank times its steps; rank 0 returns its row plus every rank's times."""
+    info = init_from_env("cpu", timeout=120, command="-m course_lib.distributed.step_timing")
+    row = time_rank(load_gpt(device="cpu"), Comm(info.rank, info.world_size), steps, warmup)
     rows = all_gather_object(row, info.world_size)
     shutdown()
     if info.rank != 0:

@@ -181,6 +181,8 @@ def _main(argv: list[str] | None) -> int:
         return 2
     step = step_of(args.checkpoint)
     out_dir, created = None, False
+    # Every rank checked --output_dir in parse_args before init_from_env, which returns only once all ranks have
+    # joined: rank 0's claim below cannot make another rank's check fail.
     if info is None or info.rank == 0:  # one process claims the folder; the others are told where it is
         try:
             record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}

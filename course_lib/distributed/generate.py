@@ -26,6 +26,7 @@ import torch
 from ..checkpoints import CheckpointError
 from ..decode import encode_prompt
 from ..gpt import load_gpt
+from ..sampling import check_sampling_args
 from ..tokenizer import get_encoding
 from .comm import Comm
 from .process_group import DEFAULT_TIMEOUT, DistSetupError, check_divides, check_env, init_from_env, shutdown, timeout_message
@@ -58,7 +59,6 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--max_new_tokens must be >= 1")
     if not args.timeout > 0:
         ap.error("--timeout must be > 0 seconds")
-    from ..sampling import check_sampling_args
     try:
         check_sampling_args(args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
@@ -95,21 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         info = init_from_env(args.device, args.timeout, COMMAND)
     except DistSetupError as exc:
         return error(rank, str(exc))
+    loaded = {"model": model}  # run() takes it out, so that no frame keeps the full model alive
+    del model
     try:
-        return run(args, model, enc, ids, info)
-    except (RuntimeError, torch.distributed.DistError) as exc:
+        return run(args, loaded, enc, ids, info)
+    except RuntimeError as exc:  # a collective that failed or timed out (torch.distributed.DistError is one)
         print(timeout_message(info.rank, args.timeout, exc), file=sys.stderr)
         return 1
     finally:
         shutdown()
 
 
-def run(args: argparse.Namespace, model, enc, ids: list[int], info) -> int:
-    comm = Comm(info.rank, info.world_size)
-    tp = TPGPT(model.to(info.device), comm)
+def run(args: argparse.Namespace, loaded: dict, enc, ids: list[int], info) -> int:
+    model = loaded.pop("model").to(info.device)
+    tp = TPGPT(model, Comm(info.rank, info.world_size))
     reference = model if (args.check and info.rank == 0) else None
-    if reference is None:
-        del model  # only the shard stays in this process
+    del model  # from here on only the shard stays in this process (and, with --check, rank 0's reference)
     if args.simulate_failure == info.rank:
         raise SystemExit(f"rank {info.rank}: simulated failure (--simulate_failure {info.rank})")
     idx = torch.tensor([ids], device=info.device)

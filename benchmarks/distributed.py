@@ -11,7 +11,7 @@ table shows the median over rounds (each a median over steps; "in collectives" a
 "outside them" are per-step medians, so they need not add up to the step exactly). Both 1-process rows are baselines: 1 thread (the same
 compute per process as each TP rank gets) and 2 threads (the same 2 cores as 2 processes).
 
-Why TP is slower here, and what changes elsewhere:
+Why TP was slower in our runs (a 2-core VM shared with other jobs), and what changes elsewhere:
 - this model is tiny (width 64): a decode step is ~1 ms of arithmetic, while each of the 10
   collectives per step (9 all-reduces of 64 floats, one all-gather of 2 numbers) is a gloo round
   trip through the kernel's TCP stack and needs BOTH processes scheduled on a loaded 2-core VM;

@@ -201,7 +201,7 @@ def _main(argv: list[str] | None) -> int:
                 return _run(args, model, device, sets, step, out_dir, info)
         return _run(args, model, device, sets, step, out_dir, info)
     except BaseException:
-        if created:
+        if info is None or info.rank == 0:  # the process that claimed the folder releases it
             release_output_dir(out_dir, created)
         raise
 

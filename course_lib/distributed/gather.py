@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 from .tp_layers import shard_range
@@ -38,8 +37,3 @@ def gather_to_rank0(obj: Any, rank: int, world_size: int) -> list[Any] | None:
     out: list[Any] | None = [None] * world_size if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def concat_parts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Per-rank dicts of row tensors -> one dict, rows in rank order (the single-process order)."""
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

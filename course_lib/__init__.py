@@ -33,7 +33,8 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     quality                sampled lines: well-formed / novel / distinct rates, decoders compared  02, 02b
     plots, widgets         the figures and the interactive explorers                 02, 03
     corpus                 the listing grammar the text model was trained on         00, 02
-    act/                   the ACT reasoner, halting loops, ARC-style evaluator, CLI 04
+    act/                   the ACT reasoner, halting loops, ARC-style evaluator, CLI 04, 09
+    distributed/           torchrun process groups, tensor-parallel GPT + CLI, step timing  09
     motion/                skeleton, features, VQ-VAE, motion GPT, render, batch CLI 07
     train/                 the recipes that produced every checkpoint                (checkpoints/)
     run_course             every notebook headless with papermill                    (instructors)

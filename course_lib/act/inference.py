@@ -18,11 +18,20 @@ A failed or interrupted run (Ctrl-C: one line, exit 130) removes what it claimed
 Several --data_paths are scored separately: each dataset's metrics and puzzle ids carry a key
 unique to its path (its folder name, or as many parent folders as it takes to tell two apart:
 a/ds and b/ds become "a/ds" and "b/ds"), so datasets never vote together.
+
+Under torchrun (chapter 09), as in seed 000's HRM evaluation, each of the N processes scores its
+share of every batch and writes its own `step_N_all_preds.<rank>`; the metric sums are reduced
+and rank 0 alone prints (the same console output as one process), votes over every prediction,
+and writes the one submission.json:
+
+    torchrun --nproc_per_node 2 -m course_lib.act.inference --checkpoint ... --data_paths ... --output_dir ...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -33,6 +42,9 @@ import torch
 
 from ..checkpoints import CheckpointError
 from ..device import pick_device
+from ..distributed import DistSetupError, init_from_env, launched_by_torchrun
+from ..distributed.gather import all_gather_object, gather_to_rank0, local_slice
+from ..distributed.process_group import DistInfo, shutdown
 from ..files import check_output_folder, claim_folder, claim_numbered_folder
 from ..paths import RUNS, display_path
 from .arc_evaluator import ARCEvaluator
@@ -136,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C): nothing was saved; the output folder this run claimed was removed", file=sys.stderr)
         return 130
+    finally:
+        shutdown()  # under torchrun: leave the process group (a no-op otherwise)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -146,6 +160,15 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"error: --device: {exc}", file=sys.stderr)
         return 2
+    info = None
+    if launched_by_torchrun():  # one process per rank: gloo on the CPU, NCCL on CUDA
+        try:
+            info = init_from_env("cuda" if device.type == "cuda" else "cpu",
+                                 command="-m course_lib.act.inference --checkpoint ... --data_paths ...")
+        except DistSetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        device = info.device
     try:
         model = load_reasoner(args.checkpoint, device)
     except CheckpointError as exc:
@@ -157,22 +180,37 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: --data_paths: {exc}", file=sys.stderr)
         return 2
     step = step_of(args.checkpoint)
-    try:
-        record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}
-        out_dir, created = claim_output_dir(args.output_dir, record)
-    except FileExistsError:
-        print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
-              "pick a new folder (earlier runs are never overwritten)", file=sys.stderr)
+    out_dir, created = None, False
+    # Every rank checked --output_dir in parse_args before init_from_env, which returns only once all ranks have
+    # joined: rank 0's claim below cannot make another rank's check fail.
+    if info is None or info.rank == 0:  # one process claims the folder; the others are told where it is
+        try:
+            record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}
+            out_dir, created = claim_output_dir(args.output_dir, record)
+        except FileExistsError:
+            print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
+                  "pick a new folder (earlier runs are never overwritten)", file=sys.stderr)
+    if info is not None:
+        out_dir = all_gather_object(None if out_dir is None else str(out_dir), info.world_size)[0]
+        out_dir = None if out_dir is None else Path(out_dir)
+    if out_dir is None:
         return 2
     try:
-        return _run(args, model, device, sets, step, out_dir)
+        if info is not None and info.rank != 0:  # rank 0 alone speaks: the console reads like one process
+            with contextlib.redirect_stdout(io.StringIO()):
+                return _run(args, model, device, sets, step, out_dir, info)
+        return _run(args, model, device, sets, step, out_dir, info)
     except BaseException:
-        release_output_dir(out_dir, created)
+        if info is None or info.rank == 0:  # the process that claimed the folder releases it
+            release_output_dir(out_dir, created)
         raise
 
 
-def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step: int, out_dir: Path) -> int:
+def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step: int, out_dir: Path,
+         info: DistInfo | None = None) -> int:
     head = ACTLossHead(model).eval()
+    rank, world = (0, 1) if info is None else (info.rank, info.world_size)
+    to_vote: list[tuple] = []  # under torchrun: (batch rows for the evaluator) collected on rank 0 at the end
     multi = len(sets) > 1
 
     print(BAR)
@@ -205,32 +243,56 @@ def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step
             n_batches = min(n_batches, args.max_batches)
         for b in range(n_batches):
             batch_no += 1
-            batch = {k: v.to(device) for k, v in pset.batch(b * args.batch_size, (b + 1) * args.batch_size).items()}
+            batch = pset.batch(b * args.batch_size, (b + 1) * args.batch_size)
+            if world > 1:  # this rank's share of the global batch (seed 000: one process per GPU)
+                rows = local_slice(len(batch["inputs"]), rank, world)
+                batch = {k: v[rows] for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in batch.items()}
             print(f"Processing batch {batch_no}: {set_name}", flush=True)
             keys = tuple(set(args.save_outputs) | {"preds", "q_halt_logits", "labels", "puzzle_identifiers"})
             if args.halting == "forced":
                 n_steps, metrics, preds = run_forced(head, batch, return_keys=keys)
+                if world > 1:
+                    n_steps = max(all_gather_object(n_steps if len(batch["inputs"]) else 0, world))
                 preds.setdefault("steps", torch.full((len(batch["inputs"]),), n_steps, device=device))
                 print(f"  Completed inference in {n_steps} steps", flush=True)
             else:
                 n_steps, metrics, preds, row_steps = run_dynamic(model, batch, threshold=args.threshold, return_keys=keys)
-                print(f"  Completed inference in {n_steps} steps (mean {row_steps.float().mean():.2f} per puzzle)", flush=True)
+                mean_steps = row_steps.float().mean()
+                if world > 1:  # the slowest rank decides the batch's steps; the mean is over every puzzle
+                    parts = all_gather_object((n_steps, int(row_steps.sum()), row_steps.numel()), world)
+                    n_steps, mean_steps = max(p[0] for p in parts), sum(p[1] for p in parts) / sum(p[2] for p in parts)
+                print(f"  Completed inference in {n_steps} steps (mean {mean_steps:.2f} per puzzle)", flush=True)
+            if world > 1:  # metric sums of every rank, added in rank order
+                per_rank = all_gather_object({k: float(v) for k, v in metrics.items()}, world)
+                metrics = {k: sum(m[k] for m in per_rank) for k in metrics}
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            evaluator.update(preds["preds"], preds["puzzle_identifiers"] + offset, preds["q_halt_logits"], preds["labels"])
+            vote = (preds["preds"], preds["puzzle_identifiers"] + offset, preds["q_halt_logits"], preds["labels"])
+            if world > 1:
+                to_vote.append(tuple(t.cpu() for t in vote))
+            else:
+                evaluator.update(*vote)
             for k in args.save_outputs:
                 v = preds[k] if k in preds else batch[k]
                 saved[k].append((v + offset if k == "puzzle_identifiers" else v).cpu())
         count = max(sums.pop("count", 0.0), 1.0)
         per_set[set_name] = {k: sums.get(k, 0.0) / count for k in METRIC_NAMES}
 
+    preds_path = out_dir / f"step_{step}_all_preds.{rank}"  # seed 000's name: one file per rank
+    save_tensors({k: torch.cat(v) for k, v in saved.items()}, preds_path)
+    if world > 1:  # every prediction votes, on rank 0, in the single-process order
+        gathered = gather_to_rank0(to_vote, rank, world)
+        if rank != 0:
+            return 0
+        for b in range(len(to_vote)):
+            evaluator.update(*(torch.cat([g[b][i] for g in gathered]) for i in range(4)))
+        print(f"{world} processes: each rank wrote its own {preds_path.name[:-2]}.<rank> (0 .. {world - 1})", file=sys.stderr)
+
     print()
     print("Running 1 evaluator(s)...")
     print("Running evaluator 1/1: ARC")
     arc = evaluator.result()
-
-    preds_path = out_dir / f"step_{step}_all_preds.0"
-    save_tensors({k: torch.cat(v) for k, v in saved.items()}, preds_path)
     sub_path = evaluator.write_submission(out_dir / f"evaluator_ARC_step_{step}")
 
     print()

@@ -1,0 +1,40 @@
+"""Starting torchrun from Python (a notebook, a test, a benchmark): a notebook cannot be torchrun itself.
+
+`python -m torch.distributed.run` is the same program as the `torchrun` script; calling it through
+sys.executable makes sure the workers use this interpreter and its packages. A free port per launch
+keeps two launches (or two notebooks) from meeting at the same rendezvous.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from ..paths import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(nproc: int, module: str, *args: str, port: int | None = None) -> list[str]:
+    """The torchrun command line (as `python -m torch.distributed.run`, the same program) for one machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), "-m", module, *args]
+
+
+def run_torchrun(nproc: int, module: str, *args: str, threads: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Launch a course module under torchrun from any working directory; threads = OMP threads per process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run(torchrun_cmd(nproc, module, *args), capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout)
+
+
+def shown_command(nproc: int, module: str, *args: str) -> str:
+    """The command as a reader would type it (no interpreter path, no port): for notebooks and messages."""
+    quoted = [a if a and all(ch.isalnum() or ch in "-_./=:" for ch in a) else repr(a) for a in args]
+    return " ".join(["torchrun", "--nproc_per_node", str(nproc), "-m", module, *quoted])

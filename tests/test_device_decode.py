@@ -274,3 +274,32 @@ def test_stop_strings_checked_every_few_tokens_give_what_every_token_gives(make_
         assert outs[0] == outs[1]
     assert all(not any(s in o for s in stops) for out in outs for o in out)
     assert any(len(o) < len(f) for o, f in zip(outs[1], free, strict=True))  # something really stopped
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_motion_sampling_checks_the_device_every_few_steps(make_motion_gpt, use_cache):
+    """Motion sampling used to sync twice a step (END bookkeeping on the host, "all done?"): now
+    "all rows at END?" every STOP_CHECK_EVERY steps, and the codes and lengths cross once at the end."""
+    model = make_motion_gpt(block_size=40).to("meta")
+    clip = torch.zeros(3, model.config.clip_dim, device="meta")
+
+    def run(n: int):  # the stand-in says no row is done, so every step runs
+        return lambda: model.sample(clip, 1.0, top_k=5, max_tokens=n, use_cache=use_cache,
+                                    generator=torch.Generator().manual_seed(0))
+
+    for n in (16, 32):
+        assert count_syncs(run(n)) == n // STOP_CHECK_EVERY + 2
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_motion_sampling_checked_every_few_steps_gives_what_every_step_gives(make_motion_gpt, monkeypatch, temperature):
+    from course_lib.motion import gpt as motion_gpt
+
+    model = make_motion_gpt(block_size=30)
+    clip = torch.randn(5, model.config.clip_dim, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for every in (1, 4):
+        monkeypatch.setattr(motion_gpt, "stop_check_interval", lambda device, every=every: every)
+        outs.append(model.sample(clip, temperature, generator=torch.Generator().manual_seed(3)))
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))
+    assert len({len(o) for o in outs[0]}) > 1  # rows ended at different steps

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
+from ..decode import stop_check_interval
 from ..kv_cache import KVCache
 from ..layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
 from ..sampling import SamplingSettings
@@ -115,8 +116,9 @@ class MotionGPT(nn.Module):
 
         Each step: logits of the last position → END masked at step 0 → the text model's sampling
         step (`SamplingSettings.sample`, i.e. `sample_next`: temperature, top-k, then multinomial,
-        argmax at temperature 0). Rows that produced END
-        stop growing; the loop ends when all rows have or at max_tokens. With `trace` (a list),
+        argmax at temperature 0). Rows that produced END stop growing; the loop ends when all rows
+        have (asked every step on the CPU, every STOP_CHECK_EVERY steps on a device, where the answer
+        makes the host wait) or at max_tokens. With `trace` (a list),
         row 0's top-5 candidates per step (model probabilities before
         temperature/top-k) are appended to it.
         """
@@ -127,7 +129,8 @@ class MotionGPT(nn.Module):
         cache = self.new_cache(B) if use_cache else None
         tokens = torch.empty(B, 0, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        lengths = torch.full((B,), max_tokens, dtype=torch.long)
+        lengths = torch.full((B,), max_tokens, dtype=torch.long, device=self.device)  # kept on the device
+        check_every = stop_check_interval(tokens.device)  # "all rows at END?" makes the host wait: on a GPU, every 8 steps
         logits = self._run(self.cond_emb(clip_feature)[:, None], 0, cache)[:, -1] if use_cache else None
         for step in range(max_tokens):
             if not use_cache:
@@ -136,21 +139,22 @@ class MotionGPT(nn.Module):
             if step == 0:
                 logits[:, c.end_id] = float("-inf")  # an empty motion is not a motion
             nxt = settings.sample(logits, generator)[:, 0]
-            if trace is not None:
+            if trace is not None:  # the trace reads row 0 on the host every step: for teaching, not speed
                 p = logits[0].softmax(-1)  # the model's own distribution (END already masked at step 0)
                 top = torch.topk(p, 5)
                 trace.append({"step": step, "chosen": int(nxt[0]), "p_end": round(float(p[c.end_id]), 4),
                               "top5": [(int(i), round(float(v), 4)) for v, i in zip(top.values, top.indices, strict=True)]})
             newly = (nxt == c.end_id) & ~done
-            lengths[newly.cpu()] = step
+            lengths = torch.where(newly, step, lengths)
             done |= newly
             nxt = torch.where(done, torch.full_like(nxt, c.pad_id), nxt)  # finished rows are padded
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            if bool(done.all()):
+            if (step + 1) % check_every == 0 and bool(done.all()):  # extra padding-only steps are cut below
                 break
             if use_cache:
                 logits = self._run(self.tok_emb(nxt[:, None]), cache.length, cache)[:, -1]
-        return [tokens[b, : lengths[b]].cpu() for b in range(B)]
+        tokens, lengths = tokens.cpu(), lengths.tolist()  # two transfers, once per call
+        return [tokens[b, : lengths[b]] for b in range(B)]
 
 
 def save_trans(model: MotionGPT, extra: dict) -> dict:

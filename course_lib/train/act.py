@@ -36,7 +36,7 @@ from ..act.model import DEFAULT_CONFIG, ACTReasoner
 from ..act.split_metrics import evaluate_set, score_with_intervals
 from ..checkpoints import atomic_save, update_manifest, write_json_atomic
 from ..paths import CHECKPOINTS, RUNS, display_path
-from .common import add_run_args, setup_run
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 
 TRAIN_SEED, UNSEEN_SEED = 0, 777
 ACT_DIR = CHECKPOINTS / "act"
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
               "halt_exploration_prob": args.exploration}
     model = ACTReasoner(config).to(device)
     head = ACTLossHead(model).train()
-    print(f"parameters: {model.num_params():,}")
+    amp = autocast_dtype(args.precision, device)
+    print(f"parameters: {model.num_params():,}  training on {run_record(device, amp)}")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        carry, loss, metrics, _, _ = head(carry, next_batch())
+        with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
+            carry, loss, metrics, _, _ = head(carry, next_batch())
         opt.zero_grad(set_to_none=True)
         (loss / args.batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python -m course_lib.train.act " + " ".join(argv if argv is not None else sys.argv[1:])
         update_manifest(ckpt, {
             "recipe": cmd.strip(), "seed": args.seed, "heldout_test_seed": UNSEEN_SEED,
-            "train_seconds": round(train_seconds, 1), "params": model.num_params(), "config": config,
+            "train_seconds": round(train_seconds, 1), **run_record(device, amp), "params": model.num_params(), "config": config,
             "data": {"num_train_puzzles": args.num_train, "num_test_candidates": args.num_test, "augment": 3},
             "metrics": metrics,
         })

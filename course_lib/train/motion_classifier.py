@@ -23,7 +23,7 @@ from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
 from ..motion.synth import ACTIONS
 from ..motion.vqvae import load_vqvae
 from ..paths import CHECKPOINTS, display_path
-from .common import add_run_args, setup_run
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 from .motion_vqvae import VQ_PATH
 
 CLS_PATH = CHECKPOINTS / "motion" / "action_classifier.pt"
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = torch.tensor([ACTIONS.index(c["action"]) for c in train_clips])
     model = ActionClassifier().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    amp = autocast_dtype(args.precision, device)
+    print(f"training on {run_record(device, amp)}")
     t0 = time.time()
     model.train()
     for i in range(args.iters):
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             L = int(torch.randint(24, f.shape[0] + 1, (1,), generator=gen))
             s = int(torch.randint(f.shape[0] - L + 1, (1,), generator=gen))
             x = f[s:s + L] + args.noise * torch.randn(L, f.shape[1], generator=gen)  # robustness to a decoder's small errors
-            loss = loss + F.cross_entropy(model(x[None].to(device)), labels[j:j + 1].to(device))
+            with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
+                loss = loss + F.cross_entropy(model(x[None].to(device)), labels[j:j + 1].to(device))
         loss = loss / len(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         "per_action_real": per_action_accuracy(pred_real, true),
                         "per_action_vq_reconstruction": per_action_accuracy(pred_rec, true),
                         "heldout_clips": len(true), "train_iters": args.iters, "train_seconds": round(train_seconds),
-                        "device": device.type},
+                        **run_record(device, amp)},
         })
         print(f"recorded {entry['path']} in MANIFEST.json ({entry['size_bytes'] / 1e6:.2f} MB)")
     print(f"saved {display_path(args.out)}")

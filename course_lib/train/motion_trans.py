@@ -37,7 +37,7 @@ from ..motion.text_encoder import TextEncoder, WordTokenizer
 from ..motion.vqvae import load_vqvae
 from ..paths import display_path
 from ..stats import wilson
-from .common import add_run_args, setup_run
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 from .motion_classifier import per_action_accuracy
 
 TEXT_CONFIG = {"clip_dim": 64, "n_layer": 2, "n_head": 4, "dropout": 0.0}
@@ -106,7 +106,8 @@ def attributes(meta: dict) -> tuple[int, int, int, str]:
     return ACTIONS.index(a), speed, reps, extra
 
 
-def train_text_encoder(captions: list[str], metas: list[dict], iters: int, gen: torch.Generator, device) -> tuple:
+def train_text_encoder(captions: list[str], metas: list[dict], iters: int, gen: torch.Generator, device,
+                       amp: torch.dtype | None = None) -> tuple:
     tok = WordTokenizer.build(captions)
     extras = sorted({attributes(m)[3] for m in metas})
     model = TextEncoder({**TEXT_CONFIG, "vocab_size": len(tok.vocab)}).to(device)
@@ -119,9 +120,10 @@ def train_text_encoder(captions: list[str], metas: list[dict], iters: int, gen: 
     for i in range(iters):
         idx = torch.randint(len(captions), (64,), generator=gen)
         ids, mask = tok.batch([captions[j] for j in idx.tolist()], device)
-        feat = model(ids, mask)
         y = targets[idx].to(device)
-        loss = sum(F.cross_entropy(h(feat), y[:, k], ignore_index=-1) for k, h in enumerate(heads))
+        with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
+            feat = model(ids, mask)
+            loss = sum(F.cross_entropy(h(feat), y[:, k], ignore_index=-1) for k, h in enumerate(heads))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -158,13 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_only:
         return record_eval_only(args, device)
     t_start = time.time()
+    amp = autocast_dtype(args.precision, device)
+    print(f"training on {run_record(device, amp)}")
     net, norm = load_vqvae(args.vqvae, device)
     clips, feats = clip_features(args.n_train, TRAIN_SEED)
     captions, metas = [c["caption"] for c in clips], [c["meta"] for c in clips]
 
     # 1. text encoder, then frozen
     t0 = time.time()
-    tok, text_model = train_text_encoder(captions, metas, args.text_iters, gen, device)
+    tok, text_model = train_text_encoder(captions, metas, args.text_iters, gen, device, amp)
     for p in text_model.parameters():
         p.requires_grad = False
     text_seconds = time.time() - t0
@@ -197,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         inp = target[:, :-1].clone()
         corrupt = (torch.rand(inp.shape, generator=gen) > args.pkeep) & (inp < cfg.nb_code)
         inp[corrupt] = torch.randint(cfg.nb_code, (int(corrupt.sum()),), generator=gen)
-        loss = model.loss(inp.to(device), clip_feat[idx].to(device), target.to(device))
+        with train_autocast(device, amp):
+            loss = model.loss(inp.to(device), clip_feat[idx].to(device), target.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,14 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         update_manifest(args.text_out, {**common,
                         "recipe": "python -m course_lib.train.motion_trans" + (" " + " ".join(argv) if argv else ""),
                         "format": "{'vocab', 'config', 'state_dict'}; frozen at inference; width = clip_dim",
-                        "config": dict(text_model.config), "metrics": {"train_iters": args.text_iters, "train_seconds": round(text_seconds)}})
+                        "config": dict(text_model.config),
+                        "metrics": {"train_iters": args.text_iters, "train_seconds": round(text_seconds), **run_record(device, amp)}})
         entry = update_manifest(args.out, {**common,
             "recipe": "python -m course_lib.train.motion_trans" + (" " + " ".join(argv) if argv else ""),
             "format": "{'trans': state_dict ('module.' prefixes), 'config', 'text_encoder'}",
             "config": {**cfg.__dict__}, "preset": args.preset,
             "metrics": {"text_to_motion": results,
                         "final_train_loss": round(loss.item(), 4), "train_iters": args.iters, "train_seconds": round(gpt_seconds),
-                        "recipe_seconds_total": round(total_seconds), "device": device.type}})
+                        "recipe_seconds_total": round(total_seconds), **run_record(device, amp)}})
         print(f"recorded {entry['path']} in MANIFEST.json ({entry['size_bytes'] / 1e6:.1f} MB)")
     print(f"saved {display_path(args.out)} and {display_path(args.text_out)}")
     return 0

@@ -25,7 +25,7 @@ from ..motion.features import Normalizer, recover_from_ric
 from ..motion.skeleton import body_height
 from ..motion.vqvae import COURSE_VQ_CONFIG, VQVAE, load_vqvae
 from ..paths import CHECKPOINTS, display_path
-from .common import add_run_args, setup_run
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 
 VQ_PATH = CHECKPOINTS / "motion" / "vqvae.pth"
 
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(train)} train clips, {len(held_np)} held-out clips ({time.time() - t0:.0f}s)", flush=True)
 
     net = VQVAE({**COURSE_VQ_CONFIG, "quantizer": args.quantizer}).to(device)
-    print(f"parameters: {sum(p.numel() for p in net.parameters()):,}")
+    amp = autocast_dtype(args.precision, device)
+    print(f"parameters: {sum(p.numel() for p in net.parameters()):,}  training on {run_record(device, amp)}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-6)
     warmup = max(1, args.iters // 20)
 
@@ -98,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(i)
         x = random_windows(train, args.batch, args.window, gen).to(device)
-        rec, commit, ppl = net(x)
-        loss = F.smooth_l1_loss(rec, x) + args.commit * commit
-        loss = loss + args.vel * F.smooth_l1_loss(rec[:, 1:, 4:] - rec[:, :-1, 4:], x[:, 1:, 4:] - x[:, :-1, 4:])
+        with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
+            rec, commit, ppl = net(x)
+            loss = F.smooth_l1_loss(rec, x) + args.commit * commit
+            loss = loss + args.vel * F.smooth_l1_loss(rec[:, 1:, 4:] - rec[:, :-1, 4:], x[:, 1:, 4:] - x[:, :-1, 4:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "format": "{'net': state_dict ('module.' prefixes), 'config', 'mean', 'std', 'fps'}",
             "config": dict(net.config),
             "metrics": {**metrics, "final_train_loss": round(loss.item(), 4), "train_iters": args.iters,
-                        "train_seconds": round(train_seconds), "device": device.type},
+                        "train_seconds": round(train_seconds), **run_record(device, amp)},
         })
         print(f"recorded {entry['path']} in MANIFEST.json ({entry['size_bytes'] / 1e6:.1f} MB)")
     print(f"saved {display_path(args.out)}")

@@ -31,11 +31,11 @@ from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
 from ..paths import TEXT_MODEL, display_path
 from ..stats import fmt_rate, rate
 from ..tokenizer import get_encoding
-from .common import add_run_args, setup_run
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 
 TRAIN_SEED, HELDOUT_SEED, SAMPLE_SEED = 1234, 98765, 0
 EVAL_LINES = 2000
-TRAIN_RUN_KEYS = ("final_train_batch_loss", "train_steps", "train_tokens_per_step", "train_seconds", "train_seconds_note", "device")
+TRAIN_RUN_KEYS = ("final_train_batch_loss", "train_steps", "train_tokens_per_step", "train_seconds", "train_seconds_note", "device", "autocast")
 
 
 def build_stream(lines: list[str], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model = GPT(dict(DEFAULT_H_PARAMS)).to(device)
-    print(f"parameters: {model.num_params():,}")
+    amp = autocast_dtype(args.precision, device)
+    print(f"parameters: {model.num_params():,}  training on {run_record(device, amp)}")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         x, y = next(data)
-        loss = model.loss(x.to(device), y.to(device))
+        with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
+            loss = model.loss(x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "h_params": dict(model.h_params), "parameters": model.num_params(),
             "metrics": {**metrics, "final_train_batch_loss": round(last_loss, 4), "train_steps": args.steps,
                         "train_tokens_per_step": args.batch * args.seq_len, "train_seconds": round(train_seconds),
-                        "device": device.type},
+                        **run_record(device, amp)},
         })
         print(f"recorded {entry['path']} in MANIFEST.json ({entry['size_bytes'] / 1e6:.1f} MB)")
     print(f"saved {display_path(args.out)}")

@@ -26,7 +26,8 @@ the median is reported. tokens/s counts new tokens only (batch x new / seconds, 
 ratios are taken within the same run. Compilation happens in the untimed reference run. The goal row:
 batch 1, 160 new tokens after a bare brand name (`--goal-prompts` brands, one after the other).
 The bound that applies is measured in the same run: the head matvec alone, a 0-layer decode step
-(`course_lib.speed`) and the DRAM streaming rate. Results are printed as markdown and saved as JSON
+(`course_lib.speed`) and the DRAM streaming rate; then cached decode throughput against batch size
+(`speed.batch_curve`) and the KV-cache memory formula. Results are printed as markdown and saved as JSON
 under runs/bench/ (never overwritten).
 """
 
@@ -53,13 +54,16 @@ from course_lib.corpus import BRANDS, generate_corpus  # noqa: E402
 from course_lib.device import pick_device  # noqa: E402
 from course_lib.files import atomic_write_text  # noqa: E402
 from course_lib.gpt import GPT, load_gpt  # noqa: E402
+from course_lib.kv_cache import kv_cache_bytes  # noqa: E402
 from course_lib.paths import RUNS, display_path  # noqa: E402
-from course_lib.speed import step_costs  # noqa: E402
+from course_lib.speed import batch_curve, step_costs  # noqa: E402
 from course_lib.static_cache import generate_static  # noqa: E402
 from course_lib.timing import sync, time_fn  # noqa: E402
 from course_lib.tokenizer import get_encoding  # noqa: E402
 
 GOAL_NEW_TOKENS = 160
+# A LLaMA-2-7B-shaped model (32 layers, 32 KV heads of 128, 6.74 B parameters), fp16, for the memory table.
+LLAMA_7B = {"n_layer": 32, "n_kv_head": 32, "head_dim": 128, "params": 6_738_415_616, "bytes": 2}
 
 
 @dataclass
@@ -212,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--goal-prompts", type=int, default=4,
                     help=f"bare brand prompts of the goal row (batch 1, {GOAL_NEW_TOKENS} new tokens); 0 skips it")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per cell; the median is reported")
+    ap.add_argument("--curve-batches", default="1,2,4,8,16,32",
+                    help="batch sizes of the throughput curve (cached decode steps; default 1,2,4,8,16,32)")
+    ap.add_argument("--curve-context", type=int, default=128, help="context length of the throughput curve (default 128)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled static-cache variants")
     ap.add_argument("--no-hf", action="store_true", help="skip Hugging Face even if transformers is installed")
@@ -230,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     batches = parse_ints(args.batch_sizes, "--batch-sizes", ap)
     contexts = parse_ints(args.contexts, "--contexts", ap)
+    curve = parse_ints(args.curve_batches, "--curve-batches", ap)
     if args.quick:
-        batches, contexts, args.repeats, args.no_compile, args.goal_prompts = [1], [128], 3, True, 0
-    if args.new_tokens < 1 or args.repeats < 1 or min(batches) < 1 or args.goal_prompts < 0:
+        batches, contexts, args.repeats, args.no_compile, args.goal_prompts, curve = [1], [128], 3, True, 0, [1, 4, 16]
+    if args.new_tokens < 1 or args.repeats < 1 or min(batches + curve) < 1 or args.goal_prompts < 0:
         ap.error("--new-tokens, --repeats and every batch size must be >= 1, --goal-prompts >= 0")
     if args.out is not None and args.out.exists():
         ap.error(f"{args.out} exists; choose a new --out (earlier runs are never overwritten)")
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     block = model.block_size
     if any(not args.new_tokens < c <= block for c in contexts):
         ap.error(f"every context must be in ({args.new_tokens}, {block}] (the prompt is context - new tokens)")
+    if not 2 <= args.curve_context <= block:
+        ap.error(f"--curve-context must be in [2, {block}]")
     hf_version = None if args.no_hf else hf_available()
     hf = to_hf_llama(model, device) if hf_version else None
     hf_note = "skipped (--no-hf)" if args.no_hf else (f"transformers {hf_version}" if hf else
@@ -303,12 +313,38 @@ def main(argv: list[str] | None = None) -> int:
                "inconclusive (a busy machine?); rerun before naming a bound")
     print(f"\nVerdict (this run): {verdict}.")
 
+    # ---- what batching buys
+    curve_rows = batch_curve(model, curve, args.curve_context, repeats=args.repeats)
+    print(f"\n## What batching buys (cached decode steps, context {args.curve_context}, prefill not counted)\n")
+    print("| batch | ms/step | tokens/s | tokens/s vs previous batch |")
+    print("|---:|---:|---:|---:|")
+    prev = None
+    for r in curve_rows:
+        gain = None if prev is None else r["tokens_per_s"] / prev["tokens_per_s"]
+        r["gain_vs_previous"] = None if gain is None else round(gain, 2)
+        print(f"| {r['batch']} | {r['ms_per_step']:.2f} | {r['tokens_per_s']:.0f} | {'' if gain is None else f'{gain:.2f}x'} |")
+        prev = r
+
+    # ---- KV-cache memory
+    h = model.h_params
+    print("\n## KV-cache memory: 2 × layers × kv-heads × head_dim × bytes × tokens × batch\n")
+    print("| model | context | bytes/value | KV cache per sequence | weights | sequences whose cache equals the weights |")
+    print("|---|---:|---:|---:|---:|---:|")
+    mem = []
+    for name, nl, nkv, hd, tokens, nb, weights in [
+            ("course GPT (fp32)", h["n_layer"], h.get("n_kv_head") or h["n_head"], model.head_dim, block, 4, model.num_params() * 4),
+            ("LLaMA-7B shape (fp16)", LLAMA_7B["n_layer"], LLAMA_7B["n_kv_head"], LLAMA_7B["head_dim"], 4096,
+             LLAMA_7B["bytes"], LLAMA_7B["params"] * LLAMA_7B["bytes"])]:
+        per_seq = kv_cache_bytes(nl, nkv, hd, tokens, 1, nb)
+        mem.append({"model": name, "context": tokens, "kv_bytes_per_sequence": per_seq, "weight_bytes": weights})
+        print(f"| {name} | {tokens} | {nb} | {per_seq / 2**20:,.2f} MiB | {weights / 2**20:,.1f} MiB | {weights / per_seq:,.1f} |")
+
     out = args.out or RUNS / "bench" / f"decode-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}.json"
     atomic_write_text(out, json.dumps({
         "command": "python benchmarks/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "device": device.type, "hf": hf_note,
         "speculative": spec_note, "read_bandwidth_GBps": round(bw / 1e9, 2), "params": model.num_params(),
-        "rows": rows, "floors": floors}, indent=1, ensure_ascii=False))
+        "rows": rows, "floors": floors, "batch_curve": curve_rows, "kv_memory": mem}, indent=1, ensure_ascii=False))
     print(f"\nsaved {display_path(out)}")
     return 0
 

@@ -268,6 +268,9 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
     input_pos = torch.tensor([T], device=idx.device)
     cuda_graphs = compile and mode == "reduce-overhead"
+    # A CUDA-graph step returns the same output buffer every replay: keep a copy. Eager and plain inductor
+    # steps return a fresh tensor, and copying B x 100k logits every step costs (a step passed in: be safe).
+    copy_out = cuda_graphs or (not compile and step is not forward_static)
     out = [prompt]
     for i in range(max_new_tokens):
         nxt = settings.sample(logits, generator)
@@ -275,7 +278,8 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
         if i + 1 < max_new_tokens:
             if cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
-            logits = step(model, cache, nxt, input_pos).clone()  # clone: a CUDA-graph step reuses its output buffer
+            logits = step(model, cache, nxt, input_pos)
+            logits = logits.clone() if copy_out else logits
             input_pos += 1  # in place: the step always receives the same tensor, with a new value
     return torch.cat(out, dim=1)
 

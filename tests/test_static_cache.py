@@ -148,3 +148,9 @@ def test_greedy_fast_path_equals_filtered_argmax():
     logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0)).round(decimals=1)  # many ties
     s = SamplingSettings(0.0, top_k=5, top_p=0.9)
     assert torch.equal(s.sample(logits), s.filter(logits).argmax(-1, keepdim=True))
+
+
+def test_compile_mode_is_cuda_graphs_on_cuda_only():
+    from course_lib.static_cache import default_compile_mode
+    assert default_compile_mode("cuda") == "reduce-overhead"
+    assert default_compile_mode("cpu") is None and default_compile_mode(torch.device("mps")) is None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -204,8 +205,6 @@ def compiled_steps(device: torch.device | str, mode: str | None = "auto") -> tup
     """
     mode = default_compile_mode(device) if mode == "auto" else mode
     if ("decode", mode) not in _COMPILED:
-        # Every batch size and cache bucket is a graph of the same function: allow more than dynamo's default 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED["decode", mode] = torch.compile(_decode_fn, fullgraph=True, dynamic=False, mode=mode)
         _COMPILED["prefill", mode] = torch.compile(_prefill_fn, fullgraph=True, dynamic=False)
     return _COMPILED["decode", mode], _COMPILED["prefill", mode]
@@ -265,12 +264,24 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
         raise ValueError(f"{T} prompt + {max_new_tokens} new tokens do not fit a static cache of max_len {cache.max_len}; "
                          "use a longer cache (at most block_size) or fewer new tokens")
     cache.set_padding(None if attention_mask is None else attention_mask.to(idx.device))
-    logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
-    input_pos = torch.tensor([T], device=idx.device)
     cuda_graphs = compile and mode == "reduce-overhead"
     # A CUDA-graph step returns the same output buffer every replay: keep a copy. Eager and plain inductor
     # steps return a fresh tensor, and copying B x 100k logits every step costs (a step passed in: be safe).
     copy_out = cuda_graphs or (not compile and step is not forward_static)
+    # Every batch size and cache bucket is a graph of the same function: allow more than dynamo's default 8
+    # here only (chapter 06 shows the default limit at work elsewhere).
+    limit = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64)) if compile else nullcontext()
+    with limit:
+        return _loop(model, cache, idx, prompt, max_new_tokens, settings, generator, step, prefill, copy_out, cuda_graphs)
+
+
+def _loop(model, cache: StaticKVCache, idx: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int,
+          settings: SamplingSettings, generator: torch.Generator | None, step: StepFn, prefill: StepFn,
+          copy_out: bool, cuda_graphs: bool) -> torch.Tensor:
+    """Prefill idx (B, T), then max_new_tokens sampling steps; returns prompt + the new tokens."""
+    T = idx.shape[1]
+    logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
+    input_pos = torch.tensor([T], device=idx.device)
     out = [prompt]
     for i in range(max_new_tokens):
         nxt = settings.sample(logits, generator)

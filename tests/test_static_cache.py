@@ -105,11 +105,13 @@ def test_compile_true_is_one_decode_graph_after_many_steps_and_token_exact(shipp
     """Many decode steps, prompts of several lengths in one bucket: one decode graph, one prefill graph,
     and the tokens of the eager contiguous cache."""
     enc = get_encoding()
+    limit = torch._dynamo.config.recompile_limit
     for p in ("农夫山泉", "Sunbeam Instant Ramen", "元气森林"):  # 3-6 tokens: all in the 16 bucket
         x = torch.tensor([enc.encode(p)])
         out = generate_static(shipped_gpt, x, 60, compile=True)
         assert torch.equal(out, shipped_gpt.generate(x, 60, temperature=0)), p
     assert counting_compile["decode"].graphs == 1 and counting_compile["prefill"].graphs == 1
+    assert torch._dynamo.config.recompile_limit == limit  # raised during the call only (chapter 06 teaches the default)
 
 
 @pytest.mark.parametrize("compile_", ["decode", True])

@@ -12,7 +12,7 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     tokenizer              cl100k_base offline; token bytes, half-characters         00, 02, 03
     layers                 RMSNorm, RoPE + positions, attention (MHA/GQA) + the mask rule, Block  03, 05, 06b (inside every model)
     kv_cache               the contiguous pre-allocated KV cache; its memory formula 03
-    static_cache           the static KV cache: tensor positions, one compiled graph  06
+    static_cache           the static KV cache: tensor positions, one compiled graph; generate_static(compile=True)  06, 08
     paged_cache            the paged KV cache: block manager, slot mapping, prefix sharing  06b
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06

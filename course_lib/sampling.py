@@ -150,9 +150,9 @@ class SamplingSettings:
         """
         if draw not in DRAWS:
             raise ValueError(f"draw must be one of {DRAWS}, got {draw!r}")
+        if self.temperature == 0:  # greedy: the argmax filter() keeps is the argmax itself (one pass over B x vocab, not three)
+            return logits.argmax(-1, keepdim=True)
         filtered = self.filter(logits)
-        if self.temperature == 0:
-            return filtered.argmax(-1, keepdim=True)
         probs = filtered.softmax(-1)
         if draw == "inverse_cdf" or probs.device.type != "cpu":  # on a device: never wait on the host
             return inverse_cdf_draw(probs, generator)

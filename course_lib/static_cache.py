@@ -14,11 +14,19 @@ every step, so `torch.compile` recompiles (chapter 06 counts it). Here nothing c
 `forward_static(model, cache, ids, input_pos)` runs the model's one forward path (`GPT._run`)
 against this cache; `generate_static` is the greedy/sampling loop; `compile_decode_step` gives a
 `torch.compile`d decode step that dynamo traces once.
+
+`generate_static(..., compile=True)` is gpt-fast's recipe in one call: the decode step compiled
+whole (fullgraph, static shapes; `mode="reduce-overhead"` = CUDA graphs on CUDA), the prefill
+compiled separately at a few bucketed prompt lengths (a prompt is left-padded up to its bucket, so
+a new prompt length does not mean a new graph), and caches of a few bucketed lengths reused per
+model (fixed addresses, which CUDA graphs replay against).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -162,20 +170,93 @@ def compile_decode_step(backend: str | Callable = "inductor", **compile_kwargs) 
     return torch.compile(forward_static, backend=backend, fullgraph=True, dynamic=False, **compile_kwargs)
 
 
+# Prompt lengths the compiled prefill is traced at, and cache lengths (attention reads every slot of the
+# cache, so a 128-token job should not pay for 512 slots): about x1.5 apart, so padding wastes < 50%.
+BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+COMPILE_MODES = (False, True, "decode")
+
+
+def default_compile_mode(device: torch.device | str) -> str | None:
+    """The torch.compile mode for the decode step: CUDA graphs on CUDA (one launch per step instead of
+    one per kernel); inductor's default elsewhere (on this course's CPU "max-autotune-no-cudagraphs"
+    was not faster than the default in our measurement, see benchmarks/README.md)."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else None
+
+
+def _decode_fn(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """`forward_static` under its own code object: dynamo keeps its graphs per code object, so the decode
+    graphs and the prefill graphs (`_prefill_fn`) never count against each other's recompile limit."""
+    return forward_static(model, cache, ids, input_pos)
+
+
+def _prefill_fn(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    return forward_static(model, cache, ids, input_pos)
+
+
+_COMPILED: dict[tuple[str, str | None], StepFn] = {}
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(B, max_len): StaticKVCache}
+
+
+def compiled_steps(device: torch.device | str, mode: str | None = "auto") -> tuple[StepFn, StepFn]:
+    """(decode step, prefill) compiled with inductor, built once per mode and shared by every call.
+
+    Both are fullgraph with static shapes: one decode graph per (batch, cache length), one prefill graph
+    per (batch, bucket, cache length). The prefill never uses CUDA graphs (it runs once per prompt).
+    """
+    mode = default_compile_mode(device) if mode == "auto" else mode
+    if ("decode", mode) not in _COMPILED:
+        _COMPILED["decode", mode] = torch.compile(_decode_fn, fullgraph=True, dynamic=False, mode=mode)
+        _COMPILED["prefill", mode] = torch.compile(_prefill_fn, fullgraph=True, dynamic=False)
+    return _COMPILED["decode", mode], _COMPILED["prefill", mode]
+
+
+def reused_cache(model, batch_size: int, max_len: int) -> StaticKVCache:
+    """One cache per (model, batch size, length), kept while the model lives: the same buffers every call."""
+    per_model = _CACHES.setdefault(model, {})
+    key = (batch_size, max_len, model.device, model.tok_emb.weight.dtype)
+    if key not in per_model:
+        per_model[key] = StaticKVCache.for_model(model, batch_size, max_len)
+    return per_model[key]
+
+
+def _bucket_or_none(n: int, limit: int) -> int | None:
+    return next((b for b in BUCKETS if n <= b <= limit), None)
+
+
 @torch.no_grad()
 def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                     top_p: float | None = None, *, generator: torch.Generator | None = None,
                     attention_mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
-                    step: StepFn = forward_static, prefill: StepFn = forward_static) -> torch.Tensor:
+                    step: StepFn = forward_static, prefill: StepFn = forward_static,
+                    compile: bool | str = False, mode: str | None = "auto") -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) using a static cache; temperature=0 is greedy.
 
     `step` runs each decode step (pass `compile_decode_step()` to compile it); `prefill` runs the
     prompt (eager by default: its shape changes with every prompt length). The cache's max_len
     must hold T + max_new_tokens: a static cache does not slide (the error says what to do).
+
+    compile=True compiles both (`compiled_steps`): the prompt is left-padded to its bucket in
+    `BUCKETS` (the mask hides the padding, positions start at each row's first real token) when the
+    bucket still leaves room for the new tokens, and without a `cache` one of a bucketed length is
+    reused. compile="decode" compiles the decode step only (eager prefill at the prompt's own length).
+    mode: the decode step's torch.compile mode; "auto" = `default_compile_mode(idx.device)`.
     """
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
     settings = SamplingSettings(temperature, top_k, top_p)
     check_sampling_args(max_new_tokens=max_new_tokens)
     B, T = idx.shape
+    prompt = idx
+    if compile:
+        mode = default_compile_mode(idx.device) if mode == "auto" else mode
+        step, compiled_prefill = compiled_steps(idx.device, mode)
+        limit = model.block_size if cache is None else cache.max_len
+        if compile is True and (L := _bucket_or_none(T, limit - max_new_tokens)) is not None:
+            prefill = compiled_prefill
+            idx, attention_mask = pad_left(idx, L, attention_mask)
+            T = L
+        if cache is None:
+            cache = reused_cache(model, B, _bucket_or_none(T + max_new_tokens, model.block_size) or model.block_size)
     cache = StaticKVCache.for_model(model, B) if cache is None else cache
     if cache.batch_size != B:
         raise ValueError(f"cache was built for batch size {cache.batch_size}, got {B}; build one per batch size")
@@ -183,14 +264,33 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
         raise ValueError(f"{T} prompt + {max_new_tokens} new tokens do not fit a static cache of max_len {cache.max_len}; "
                          "use a longer cache (at most block_size) or fewer new tokens")
     cache.set_padding(None if attention_mask is None else attention_mask.to(idx.device))
+    cuda_graphs = compile and mode == "reduce-overhead"
+    # A CUDA-graph step returns the same output buffer every replay: keep a copy. Eager and plain inductor
+    # steps return a fresh tensor, and copying B x 100k logits every step costs (a step passed in: be safe).
+    copy_out = cuda_graphs or (not compile and step is not forward_static)
+    # Every batch size and cache bucket is a graph of the same function: allow more than dynamo's default 8
+    # here only (chapter 06 shows the default limit at work elsewhere).
+    limit = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64)) if compile else nullcontext()
+    with limit:
+        return _loop(model, cache, idx, prompt, max_new_tokens, settings, generator, step, prefill, copy_out, cuda_graphs)
+
+
+def _loop(model, cache: StaticKVCache, idx: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int,
+          settings: SamplingSettings, generator: torch.Generator | None, step: StepFn, prefill: StepFn,
+          copy_out: bool, cuda_graphs: bool) -> torch.Tensor:
+    """Prefill idx (B, T), then max_new_tokens sampling steps; returns prompt + the new tokens."""
+    T = idx.shape[1]
     logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
     input_pos = torch.tensor([T], device=idx.device)
-    out = [idx]
+    out = [prompt]
     for i in range(max_new_tokens):
         nxt = settings.sample(logits, generator)
         out.append(nxt)
         if i + 1 < max_new_tokens:
-            logits = step(model, cache, nxt, input_pos).clone()  # clone: a CUDA-graph step reuses its output buffer
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
+            logits = step(model, cache, nxt, input_pos)
+            logits = logits.clone() if copy_out else logits
             input_pos += 1  # in place: the step always receives the same tensor, with a new value
     return torch.cat(out, dim=1)
 

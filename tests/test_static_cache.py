@@ -75,3 +75,84 @@ def test_static_cache_too_short_names_the_fix(make_gpt):
     model = make_gpt(block_size=16, dropout=0.0)
     with pytest.raises(ValueError, match="do not fit a static cache of max_len 16"):
         generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7)
+
+
+# ------------------------------------------------------------------ generate_static(compile=...)
+BRAND_PROMPTS = ["农夫山泉", "Sunbeam Instant Ramen", "元气", "Coca-Cola 330ml", "Meadow Farm Whole Milk 1L"]
+
+
+@pytest.fixture
+def counting_compile(monkeypatch):
+    """generate_static(compile=...) with dynamo but no code generation: graphs counted per function."""
+    import course_lib.static_cache as sc
+    counters = {"decode": GraphCounter(), "prefill": GraphCounter()}
+    monkeypatch.setattr(sc, "_COMPILED", {})
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(
+        fn, backend=counters["decode" if fn is sc._decode_fn else "prefill"], fullgraph=True, dynamic=False))
+    torch._dynamo.reset()
+    yield counters
+    monkeypatch.undo()
+    sc._COMPILED.clear()  # never hand the counting functions to a later test
+
+
+def batch_of(enc, n: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prompts = [BRAND_PROMPTS[i % len(BRAND_PROMPTS)] + " x" * (i // len(BRAND_PROMPTS)) for i in range(n)]
+    return pad_batch(enc, prompts, block_size)
+
+
+def test_compile_true_is_one_decode_graph_after_many_steps_and_token_exact(shipped_gpt, counting_compile):
+    """Many decode steps, prompts of several lengths in one bucket: one decode graph, one prefill graph,
+    and the tokens of the eager contiguous cache."""
+    enc = get_encoding()
+    limit = torch._dynamo.config.recompile_limit
+    for p in ("农夫山泉", "Sunbeam Instant Ramen", "元气森林"):  # 3-6 tokens: all in the 16 bucket
+        x = torch.tensor([enc.encode(p)])
+        out = generate_static(shipped_gpt, x, 60, compile=True)
+        assert torch.equal(out, shipped_gpt.generate(x, 60, temperature=0)), p
+    assert counting_compile["decode"].graphs == 1 and counting_compile["prefill"].graphs == 1
+    assert torch._dynamo.config.recompile_limit == limit  # raised during the call only (chapter 06 teaches the default)
+
+
+@pytest.mark.parametrize("compile_", ["decode", True])
+@pytest.mark.parametrize("batch", [1, 16])
+def test_compiled_static_equals_eager_cache_with_padding(shipped_gpt, counting_compile, compile_, batch):
+    """Batch 1 and a left-padded batch 16 (the bucket adds more padding): the eager contiguous cache's tokens."""
+    ids, mask = batch_of(get_encoding(), batch, shipped_gpt.block_size)
+    ref = shipped_gpt.generate(ids, 24, temperature=0, attention_mask=mask)
+    assert torch.equal(generate_static(shipped_gpt, ids, 24, attention_mask=mask, compile=compile_), ref)
+    assert counting_compile["decode"].graphs == 1
+
+
+def test_inductor_compiled_static_equals_eager_cache(shipped_gpt):
+    """The real compiler (inductor's fused kernels, not just dynamo's graph): still token-identical, padded batch 16."""
+    ids, mask = batch_of(get_encoding(), 16, shipped_gpt.block_size)
+    ref = shipped_gpt.generate(ids, 24, temperature=0, attention_mask=mask)
+    assert torch.equal(generate_static(shipped_gpt, ids, 24, attention_mask=mask, compile=True), ref)
+
+
+def test_compile_pads_prompt_to_bucket_only_when_new_tokens_fit(make_gpt, counting_compile):
+    """A prompt whose bucket would leave no room for the new tokens is prefilled eagerly at its own length (still exact)."""
+    model = make_gpt(block_size=32, dropout=0.0)
+    x = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(generate_static(model, x, 12, compile=True), model.generate(x, 12, temperature=0))
+    assert counting_compile["prefill"].graphs == 0
+
+
+def test_compile_argument_is_checked(make_gpt):
+    with pytest.raises(ValueError, match="compile must be one of"):
+        generate_static(make_gpt(), torch.zeros(1, 3, dtype=torch.long), 2, compile="yes")
+
+
+def test_greedy_fast_path_equals_filtered_argmax():
+    """SamplingSettings.sample at temperature 0 skips filter(): same ids, ties included (first maximum)."""
+    from course_lib.sampling import SamplingSettings
+    logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0)).round(decimals=1)  # many ties
+    s = SamplingSettings(0.0, top_k=5, top_p=0.9)
+    assert torch.equal(s.sample(logits), s.filter(logits).argmax(-1, keepdim=True))
+
+
+def test_compile_mode_is_cuda_graphs_on_cuda_only():
+    from course_lib.static_cache import default_compile_mode
+    assert default_compile_mode("cuda") == "reduce-overhead"
+    assert default_compile_mode("cpu") is None and default_compile_mode(torch.device("mps")) is None

@@ -21,11 +21,13 @@ output is then distributed exactly as the target's own sampling. Prompt lookup p
 Caches: both models keep a `StaticKVCache` (chapter 06). Rolling back past rejected tokens is just
 moving the position: the next step overwrites those slots, and the causal mask hides every slot past
 the query, so stale keys are never read. With fixed shapes the greedy round (k + 1 draft steps and
-the (k + 1)-position verify) is one function `torch.compile` turns into one graph (`compile=True`).
+the (k + 1)-position verify) runs through two compiled graphs (`compile=True`): the draft's one-token
+step (one graph for every k) and the target's (k + 1)-token verify (one graph per k).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +37,7 @@ from .sampling import SamplingSettings, check_sampling_args
 from .static_cache import StaticKVCache
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
-           "accept_greedy", "accept_sampled", "verify_static"]
+           "accept_greedy", "accept_sampled", "verify_static", "draft_step_greedy", "verify_greedy"]
 
 
 @dataclass
@@ -122,27 +124,47 @@ def _draft_vocab(target, draft) -> tuple[torch.Tensor | None, torch.Tensor | Non
     return None, None
 
 
-def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, cur: torch.Tensor, pos: torch.Tensor,
-                  lut: torch.Tensor | None, vocab_ids: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One greedy round with fixed shapes (compilable as one graph).
+def draft_step_greedy(draft, cache: StaticKVCache, tok: torch.Tensor, pos: torch.Tensor, reduced: bool) -> torch.Tensor:
+    """One draft step: token (1, 1) (draft index) at slot pos (1,) → the draft's top next index (1, 1).
+    reduced=True never proposes the last ("other") row of a reduced-vocabulary draft."""
+    logits = verify_static(draft, cache, tok, pos)[:, -1]
+    return (logits[:, :-1] if reduced else logits).argmax(-1, keepdim=True)
 
-    cur (1, 1) target id at slot pos (1,). The draft runs k + 1 one-token steps (the last only writes
-    d_k into its cache, needed when all k are accepted); the target runs once over [cur, d1..dk].
-    Returns (drafted (k,), target argmax (k + 1,)), both target ids.
-    """
+
+def verify_greedy(target, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """The target's top token (T,) after each of ids (1, T) written at slots input_pos (T,)."""
+    return verify_static(target, cache, ids, input_pos)[0].argmax(-1)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled(name: str):
+    """`torch.compile`d draft step / verify (fullgraph, static shapes), built once per process: the draft
+    step is one graph for every k, the verify one graph per k (its k + 1 positions)."""
+    if name not in _COMPILED:
+        fn = {"draft_step_greedy": draft_step_greedy, "verify_greedy": verify_greedy}[name]
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[name]
+
+
+def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, cur: torch.Tensor, pos: torch.Tensor,
+                  lut: torch.Tensor | None, vocab_ids: torch.Tensor | None, k: int,
+                  use_compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy round. cur (1, 1) target id at slot pos (1,). The draft runs k + 1 one-token steps
+    (the last only writes d_k into its cache, needed when all k are accepted); the target runs once
+    over [cur, d1..dk]. Returns (drafted (k,), target argmax (k + 1,)), both target ids."""
+    step = compiled("draft_step_greedy") if use_compiled else draft_step_greedy
+    verify = compiled("verify_greedy") if use_compiled else verify_greedy
     tok = cur if lut is None else lut[cur]
     drafted = []
     for i in range(k + 1):
-        logits = verify_static(draft, dcache, tok, pos + i)[:, -1]
-        if vocab_ids is not None:
-            logits = logits[:, :-1]  # never propose the "other" row
-        tok = logits.argmax(-1, keepdim=True)
+        tok = step(draft, dcache, tok, pos + i, vocab_ids is not None)
         drafted.append(tok)
     d = torch.cat(drafted[:k], dim=1)                                  # (1, k) draft indices
     d_target = d if vocab_ids is None else vocab_ids[d]
     ids = torch.cat([cur, d_target], dim=1)                            # (1, k + 1)
-    t_logits = verify_static(target, tcache, ids, pos + torch.arange(k + 1, device=pos.device))
-    return d_target[0], t_logits[0].argmax(-1)
+    return d_target[0], verify(target, tcache, ids, pos + torch.arange(k + 1, device=pos.device))
 
 
 def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
@@ -166,7 +188,9 @@ def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, sett
     out = torch.tensor([seq[:idx.shape[1] + max_new_tokens]], dtype=idx.dtype, device=idx.device)
     left = idx.shape[1] + max_new_tokens - out.shape[1]
     if left > 0:
-        out = generate_ids(target, out, left, settings.temperature, settings.top_k, settings.top_p, generator=generator)
+        with warnings.catch_warnings():  # "context longer than block_size": sliding is what we ask for here
+            warnings.simplefilter("ignore", UserWarning)
+            out = generate_ids(target, out, left, settings.temperature, settings.top_k, settings.top_p, generator=generator)
         stats.target_calls += left
     stats.new_tokens = out.shape[1] - idx.shape[1]
     return out
@@ -206,7 +230,7 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
 
 
 class _ModelDrafter:
-    """A draft model with its own static cache; greedy rounds can run as one compiled graph."""
+    """A draft model with its own static cache; greedy rounds can run through compiled graphs."""
 
     def __init__(self, target, draft):
         if draft.block_size < target.block_size:
@@ -215,7 +239,6 @@ class _ModelDrafter:
         self.draft = draft
         self.lut, self.vocab_ids = _draft_vocab(target, draft)
         self.dcache = StaticKVCache.for_model(draft, 1, target.block_size)
-        self._compiled = None
 
     def prefill(self, idx: torch.Tensor) -> None:
         ids = idx if self.lut is None else self.lut[idx]
@@ -240,14 +263,9 @@ class _ModelDrafter:
         full = q.new_zeros(*q.shape[:-1], self.lut.shape[0])
         return full.index_copy_(-1, self.vocab_ids, q)
 
-    def round(self, target, tcache, seq, cur, pos, k, compiled, settings, generator):
+    def round(self, target, tcache, seq, cur, pos, k, use_compiled, settings, generator):
         if settings.temperature == 0:
-            fn = _greedy_round
-            if compiled:
-                if self._compiled is None:
-                    self._compiled = torch.compile(_greedy_round, fullgraph=True, dynamic=False)
-                fn = self._compiled
-            d, t = fn(target, self.draft, tcache, self.dcache, cur, pos, self.lut, self.vocab_ids, k)
+            d, t = _greedy_round(target, self.draft, tcache, self.dcache, cur, pos, self.lut, self.vocab_ids, k, use_compiled)
             n, tok = accept_greedy(d, t)
             return n, tok, d.tolist()
         # sampling (eager): draft k tokens from q, keep q for the rule
@@ -290,7 +308,6 @@ class _LookupDrafter:
 
     def __init__(self, max_ngram: int):
         self.max_ngram = max_ngram
-        self._compiled = None
 
     def prefill(self, idx: torch.Tensor) -> None:
         pass
@@ -298,20 +315,17 @@ class _LookupDrafter:
     def sync(self, seq: list[int], L: int) -> None:
         pass
 
-    def round(self, target, tcache, seq, cur, pos, k, compiled, settings, generator):
+    def round(self, target, tcache, seq, cur, pos, k, use_compiled, settings, generator):
         cand = prompt_lookup_candidates(seq, k, self.max_ngram)
         m = len(cand)
         ids = torch.tensor([[seq[-1]] + cand + [seq[-1]] * (k - m)], device=cur.device)  # padding is never accepted
-        fn = verify_static
-        if compiled:
-            if self._compiled is None:
-                self._compiled = torch.compile(verify_static, fullgraph=True, dynamic=False)
-            fn = self._compiled
-        t_logits = fn(target, tcache, ids, pos + torch.arange(k + 1, device=pos.device))[0]
-        drafted = torch.tensor(cand, dtype=torch.long, device=t_logits.device)
+        input_pos = pos + torch.arange(k + 1, device=pos.device)
+        drafted = torch.tensor(cand, dtype=torch.long, device=cur.device)
         if settings.temperature == 0:
-            n, tok = accept_greedy(drafted, t_logits[:m + 1].argmax(-1))
+            verify = compiled("verify_greedy") if use_compiled else verify_greedy
+            n, tok = accept_greedy(drafted, verify(target, tcache, ids, input_pos)[:m + 1])
         else:  # a point mass at each guess
+            t_logits = verify_static(target, tcache, ids, input_pos)[0]
             p = settings.filter(t_logits[:m + 1]).softmax(-1)
             q = F.one_hot(drafted, p.shape[-1]).to(p.dtype)
             n, tok = accept_sampled(drafted, q, p, generator)
@@ -327,7 +341,7 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
     Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
     token-identical to `target.generate(idx, n, temperature=0)`; otherwise the rejection rule makes the
     output distributed as the target's sampling with the same temperature/top-k/top-p. compile=True
-    compiles the greedy round (k + 1 draft steps + the verify) into one graph. return_stats=True returns
+    runs the greedy round through compiled graphs (the draft step and the verify; sampling stays eager). return_stats=True returns
     (ids, SpecStats); keep_rounds also records every round's drafted tokens.
     """
     settings = SamplingSettings(temperature, top_k, top_p)

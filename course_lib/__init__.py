@@ -13,6 +13,7 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     layers                 RMSNorm, RoPE + positions, attention + the mask rule, Block  03, 05 (inside every model)
     kv_cache               the contiguous pre-allocated KV cache; its memory formula 03
     static_cache           the static KV cache: tensor positions, one compiled graph  06
+    draft, speculative     the draft model; speculative decoding, prompt lookup       08
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07

@@ -25,7 +25,7 @@ from .layers import Block, RMSNorm, attend_mask, default_positions, init_weights
 from .paths import TEXT_MODEL, display_path
 from .scoring import sequence_logprob, sequence_logprobs
 
-__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "DEFAULT_H_PARAMS", "load_draft", "speculative_generate"]
+__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "DEFAULT_H_PARAMS"]  # + load_draft, speculative_generate (lazy)
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included

@@ -144,7 +144,9 @@ def compiled(name: str):
     step is one graph for every k, the verify one graph per k (its k + 1 positions)."""
     if name not in _COMPILED:
         fn = {"draft_step_greedy": draft_step_greedy, "verify_greedy": verify_greedy}[name]
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+        # freezing: inductor treats the weights as constants and pre-packs them for the CPU matmul kernels;
+        # unpacked, the head's product with k + 1 rows re-packs the 100k x 64 table on every call
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, options={"freezing": True})
     return _COMPILED[name]
 
 

@@ -12,8 +12,7 @@ import torch
 from course_lib.corpus import BRANDS
 from course_lib.draft import DraftGPT
 from course_lib.gpt import load_draft, speculative_generate
-from course_lib.speculative import (accept_sampled, prompt_lookup_candidates, prompt_lookup_generate,
-                                    verify_static)
+from course_lib.speculative import accept_sampled, prompt_lookup_candidates, prompt_lookup_generate, verify_static
 from course_lib.static_cache import StaticKVCache
 from course_lib.tokenizer import get_encoding
 

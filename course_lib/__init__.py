@@ -14,6 +14,7 @@ what the tests pin down. Where each module is taught (chapter = notebook number)
     kv_cache               the contiguous pre-allocated KV cache; its memory formula 03
     static_cache           the static KV cache: tensor positions, one compiled graph; generate_static(compile=True)  06, 08
     paged_cache            the paged KV cache: block manager, slot mapping, prefix sharing  06b
+    draft, speculative     the draft model; speculative decoding, prompt lookup       08
     rope                   RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     gpt                    the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06
     sampling               one sampling step: temperature, top-k, top-p, penalty     02, 07

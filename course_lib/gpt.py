@@ -26,7 +26,7 @@ from .paths import TEXT_MODEL, display_path
 from .quantize import quantize  # noqa: F401  (public: a quantized copy that generate accepts, chapter 08b)
 from .scoring import sequence_logprob, sequence_logprobs
 
-__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "quantize", "DEFAULT_H_PARAMS"]
+__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "quantize", "DEFAULT_H_PARAMS"]  # + load_draft, speculative_generate (lazy)
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included
@@ -239,3 +239,15 @@ def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu")
     check_state_dict(sd, path, float_weights=True)
     load_weights(model, sd, strict=True)
     return model.eval().to(device)
+
+
+def __getattr__(name: str):
+    """`load_draft` and `speculative_generate` (chapter 08) live in their own modules, which import this one;
+    resolving them lazily keeps them importable from here without a circular import."""
+    if name == "load_draft":
+        from .draft import load_draft
+        return load_draft
+    if name == "speculative_generate":
+        from .speculative import speculative_generate
+        return speculative_generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

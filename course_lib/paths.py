@@ -14,6 +14,7 @@ MANIFEST = CHECKPOINTS / "MANIFEST.json"
 RUNS = REPO_ROOT / "runs"
 
 TEXT_MODEL = CHECKPOINTS / "text_gpt.pt"
+DRAFT_MODEL = CHECKPOINTS / "draft_gpt.pt"  # the speculative-decoding draft (chapter 08)
 
 
 def display_path(path: str | Path) -> str:

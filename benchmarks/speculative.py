@@ -1,6 +1,6 @@
 """Speculative decoding against Hugging Face `generate` on the shipped weights, in one run.
 
-    python benchmarks/speculative.py              # every brand prompt, 160 new tokens, k in 2 4 8 (minutes on 2 cores)
+    python benchmarks/speculative.py              # every brand prompt, 160 new tokens, k in 4 8 12 16 (~15 min on 2 cores)
     python benchmarks/speculative.py --quick      # 4 brands, k=4 only, 2 repeats
 
 Batch 1, greedy, fp32, the shipped text model and draft, brand prompts (`corpus.BRANDS`). Variants:
@@ -8,7 +8,8 @@ HF `generate` and HF prompt lookup (`prompt_lookup_num_tokens=8`) on a `LlamaFor
 shipped weights (benchmarks/hf_llama.py: identical logits); the course's cached loop
 (`GPT.generate`); the compiled static-cache decode (`static_cache.generate_static` with
 `compile_decode_step()`); course prompt lookup (8 tokens, compiled verify); speculative decoding with
-the shipped draft, eager (k=4) and compiled for each k of the sweep.
+the shipped draft, eager (k=4) and compiled for each k of the sweep: each round one graph (k draft calls and the
+verify), and with --step-graphs also as separately compiled draft-step and verify graphs.
 
 Every variant's tokens are checked against the fp32 greedy reference (`GPT.generate(temperature=0)`)
 before it is timed; a variant that differs is reported and not timed. One timed call decodes every
@@ -46,7 +47,11 @@ from hf_llama import hf_available, to_hf_llama  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--new-tokens", type=int, default=160)
-    ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8], help="draft lengths for the compiled sweep")
+    ap.add_argument("--ks", type=int, nargs="+", default=[4, 8, 12, 16], help="draft lengths for the compiled sweep")
+    ap.add_argument("--step-graphs", action="store_true",
+                    help="also time each k with separately compiled draft-step and verify graphs (compile='steps')")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                    help="time only the variants whose name contains one of these (HF generate always runs: the base)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=len(BRANDS), help="how many brand prompts (all by default)")
     ap.add_argument("--quick", action="store_true", help="4 prompts, k=4, 2 repeats")
@@ -91,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                  ("speculative k=4, eager", lambda x: speculative_generate(target, draft, x, n, k=4))]
     variants += [(f"speculative k={k}, compiled", lambda x, k=k: speculative_generate(target, draft, x, n, k=k, compile=True))
                  for k in args.ks]
+    if args.step_graphs:
+        variants += [(f"speculative k={k}, compiled steps", lambda x, k=k: speculative_generate(target, draft, x, n, k=k,
+                                                                                             compile="steps"))
+                     for k in args.ks]
+    if args.only:
+        variants = [(name, fn) for name, fn in variants if name == "HF generate" or any(t in name for t in args.only)]
 
     rows = []
     for name, fn in variants:

@@ -20,9 +20,10 @@ output is then distributed exactly as the target's own sampling. Prompt lookup p
 
 Caches: both models keep a `StaticKVCache` (chapter 06). Rolling back past rejected tokens is just
 moving the position: the next step overwrites those slots, and the causal mask hides every slot past
-the query, so stale keys are never read. With fixed shapes the greedy round (k + 1 draft steps and
-the (k + 1)-position verify) runs through two compiled graphs (`compile=True`): the draft's one-token
-step (one graph for every k) and the target's (k + 1)-token verify (one graph per k).
+the query, so stale keys are never read. A round's draft calls start over the last *two* tokens, which
+(re)writes the slot of the previous round's last guess d_k, so no round spends a (k + 1)-th draft call only to
+cache d_k. With fixed shapes a greedy round (k draft calls and the (k + 1)-position verify) compiles to one
+graph per k (`compile=True`), so no Python runs between its calls.
 """
 
 from __future__ import annotations
@@ -136,37 +137,52 @@ def verify_greedy(target, cache: StaticKVCache, ids: torch.Tensor, input_pos: to
     return verify_static(target, cache, ids, input_pos)[0].argmax(-1)
 
 
+def greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, last2: torch.Tensor, pos2: torch.Tensor,
+                 k: int, lut: torch.Tensor | None, vocab_ids: torch.Tensor | None,
+                 step=draft_step_greedy, verify=verify_greedy) -> tuple[torch.Tensor, torch.Tensor]:
+    """One greedy round: k draft calls, then the target's verify over k + 1 positions.
+
+    last2 (1, 2) are the last two target ids, at slots pos2 (2,) = [L - 1, L]; slot L - 1 is already in the
+    target's cache, L (the pending token) is not. The draft's first call runs over both: it (re)writes slot
+    L - 1, which a round that accepted all k never wrote (its d_k), so no round needs a (k + 1)-th draft
+    call just to store d_k. Returns (drafted (k,), target argmax (k + 1,)), both target ids."""
+    reduced = vocab_ids is not None
+    tok = step(draft, dcache, last2 if lut is None else lut[last2], pos2, reduced)
+    drafted = [tok]
+    for i in range(1, k):
+        tok = step(draft, dcache, tok, pos2[1:] + i, reduced)
+        drafted.append(tok)
+    d = torch.cat(drafted, dim=1)                                      # (1, k) draft indices
+    d_target = d if vocab_ids is None else vocab_ids[d]
+    ids = torch.cat([last2[:, 1:], d_target], dim=1)                   # (1, k + 1)
+    return d_target[0], verify(target, tcache, ids, pos2[1] + torch.arange(k + 1, device=pos2.device))
+
+
 _COMPILED: dict[str, object] = {}
+_FNS = {"draft_step_greedy": draft_step_greedy, "verify_greedy": verify_greedy, "greedy_round": greedy_round}
 
 
 def compiled(name: str):
-    """`torch.compile`d draft step / verify (fullgraph, static shapes), built once per process: the draft
-    step is one graph for every k, the verify one graph per k (its k + 1 positions)."""
+    """`torch.compile`d draft step / verify / whole greedy round (fullgraph, static shapes), built once per
+    process: the draft step is one graph for every k, the verify and the round one graph per k."""
     if name not in _COMPILED:
-        fn = {"draft_step_greedy": draft_step_greedy, "verify_greedy": verify_greedy}[name]
         # freezing: inductor treats the weights as constants and pre-packs them for the CPU matmul kernels;
         # unpacked, the head's product with k + 1 rows re-packs the 100k x 64 table on every call
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, options={"freezing": True})
+        _COMPILED[name] = torch.compile(_FNS[name], fullgraph=True, dynamic=False, options={"freezing": True})
     return _COMPILED[name]
 
 
-def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, cur: torch.Tensor, pos: torch.Tensor,
+def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, last2: torch.Tensor, pos2: torch.Tensor,
                   lut: torch.Tensor | None, vocab_ids: torch.Tensor | None, k: int,
-                  use_compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One greedy round. cur (1, 1) target id at slot pos (1,). The draft runs k + 1 one-token steps
-    (the last only writes d_k into its cache, needed when all k are accepted); the target runs once
-    over [cur, d1..dk]. Returns (drafted (k,), target argmax (k + 1,)), both target ids."""
-    step = compiled("draft_step_greedy") if use_compiled else draft_step_greedy
-    verify = compiled("verify_greedy") if use_compiled else verify_greedy
-    tok = cur if lut is None else lut[cur]
-    drafted = []
-    for i in range(k + 1):
-        tok = step(draft, dcache, tok, pos + i, vocab_ids is not None)
-        drafted.append(tok)
-    d = torch.cat(drafted[:k], dim=1)                                  # (1, k) draft indices
-    d_target = d if vocab_ids is None else vocab_ids[d]
-    ids = torch.cat([cur, d_target], dim=1)                            # (1, k + 1)
-    return d_target[0], verify(target, tcache, ids, pos + torch.arange(k + 1, device=pos.device))
+                  use_compiled: bool | str = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`greedy_round` eager; as one compiled graph (use_compiled=True: no Python between its k + 1 calls);
+    or through separately compiled draft-step and verify graphs (use_compiled="steps", for comparison)."""
+    if use_compiled is True:
+        return compiled("greedy_round")(target, draft, tcache, dcache, last2, pos2, k, lut, vocab_ids)
+    if use_compiled == "steps":
+        return greedy_round(target, draft, tcache, dcache, last2, pos2, k, lut, vocab_ids,
+                            step=compiled("draft_step_greedy"), verify=compiled("verify_greedy"))
+    return greedy_round(target, draft, tcache, dcache, last2, pos2, k, lut, vocab_ids)
 
 
 def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
@@ -199,7 +215,7 @@ def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, sett
 
 
 def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settings: SamplingSettings,
-         generator, compile: bool, stats: SpecStats) -> torch.Tensor:
+         generator, compile: bool | str, stats: SpecStats) -> torch.Tensor:
     """The speculative loop shared by both drafters (see the module docstring)."""
     dev = idx.device
     T = idx.shape[1]
@@ -224,7 +240,8 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
                 seq.append(int(settings.sample(lg[None], generator)))
                 drafter.sync(seq, L)
                 continue
-            n, tok, drafted = drafter.round(target, tcache, seq, cur, pos, kk, kk == k and compile, settings, generator)
+            n, tok, drafted = drafter.round(target, tcache, seq, cur, pos, kk, compile if kk == k else False, settings,
+                                             generator)
             stats.target_calls += 1
             stats.record(drafted, n, tok)
             seq.extend(drafted[:n] + [tok])
@@ -267,7 +284,10 @@ class _ModelDrafter:
 
     def round(self, target, tcache, seq, cur, pos, k, use_compiled, settings, generator):
         if settings.temperature == 0:
-            d, t = _greedy_round(target, self.draft, tcache, self.dcache, cur, pos, self.lut, self.vocab_ids, k, use_compiled)
+            last2 = torch.tensor([seq[-2:]], device=cur.device)
+            pos2 = torch.cat([pos - 1, pos])
+            d, t = _greedy_round(target, self.draft, tcache, self.dcache, last2, pos2, self.lut, self.vocab_ids, k,
+                                 use_compiled)
             n, tok = accept_greedy(d, t)
             return n, tok, d.tolist()
         # sampling (eager): draft k tokens from q, keep q for the rule
@@ -337,13 +357,14 @@ class _LookupDrafter:
 @torch.no_grad()
 def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = 0.0,
                          top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                         *, compile: bool = False, return_stats: bool = False, keep_rounds: bool = False):
+                         *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False):
     """Append max_new_tokens tokens to idx (1, T) with `draft` proposing k tokens per target forward pass.
 
     Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
     token-identical to `target.generate(idx, n, temperature=0)`; otherwise the rejection rule makes the
     output distributed as the target's sampling with the same temperature/top-k/top-p. compile=True
-    runs the greedy round through compiled graphs (the draft step and the verify; sampling stays eager). return_stats=True returns
+    runs each greedy round as one compiled graph (compile="steps": separate draft-step and verify graphs, kept for
+    the benchmark's comparison; sampling stays eager). return_stats=True returns
     (ids, SpecStats); keep_rounds also records every round's drafted tokens.
     """
     settings = SamplingSettings(temperature, top_k, top_p)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_lib import speculative
 from course_lib.corpus import BRANDS
 from course_lib.draft import DraftGPT
 from course_lib.gpt import load_draft, speculative_generate
 from course_lib.speculative import accept_sampled, prompt_lookup_candidates, prompt_lookup_generate, verify_static
-from course_lib.static_cache import StaticKVCache
+from course_lib.static_cache import GraphCounter, StaticKVCache
 from course_lib.tokenizer import get_encoding
 
 
@@ -107,6 +108,38 @@ def test_shipped_draft_greedy_identical_on_every_brand(shipped_gpt):
         assert torch.equal(out, shipped_gpt.generate(x, 48, temperature=0)), brand
         total, accepted = total + sum(st.proposed), accepted + sum(st.accepted)
     assert accepted / total > 0.5  # a trained draft agrees with its target most of the time
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_draft_equal_to_target_accepts_every_token(make_gpt, k):
+    """A round stores its last draft d_k only in the next round's first draft call (over 2 tokens): if that
+    left a stale slot, a draft identical to the target would start disagreeing with it."""
+    target = _peaky(make_gpt(seed=0, vocab_size=40, block_size=64, dropout=0.0))
+    x = torch.tensor([[3, 14, 15]])
+    out, st = speculative_generate(target, target, x, 40, k=k, return_stats=True)
+    assert torch.equal(out, target.generate(x, 40, temperature=0))
+    assert st.accepted == st.proposed  # every drafted token, in every round
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_compiled_round_is_one_graph_and_identical(make_gpt, monkeypatch, reduced):
+    """compile=True runs each greedy round (k draft calls + the verify) as one graph, the same graph every round."""
+    target = _peaky(make_gpt(seed=0, vocab_size=60, block_size=48, dropout=0.0))
+    draft = (_subset_draft(target, list(range(0, 60, 2))) if reduced
+             else _peaky(make_gpt(seed=1, vocab_size=60, n_layer=1, block_size=48, dropout=0.0)))
+    torch._dynamo.reset()
+    counter = GraphCounter()
+    monkeypatch.setitem(speculative._COMPILED, "greedy_round",
+                        torch.compile(speculative.greedy_round, backend=counter, fullgraph=True, dynamic=False))
+    for seed in range(3):
+        x = torch.randint(0, 60, (1, 2 + seed), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(speculative_generate(target, draft, x, 24, k=3, compile=True),
+                           target.generate(x, 24, temperature=0))
+    assert counter.graphs == 1
+    # compile="steps" (the benchmark's comparison) dispatches to the separate draft-step and verify graphs
+    monkeypatch.setitem(speculative._COMPILED, "draft_step_greedy", speculative.draft_step_greedy)
+    monkeypatch.setitem(speculative._COMPILED, "verify_greedy", speculative.verify_greedy)
+    assert torch.equal(speculative_generate(target, draft, x, 24, k=3, compile="steps"), target.generate(x, 24, temperature=0))
 
 
 # ------------------------------------------------------------------------------ caches

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 
 import torch
 
@@ -65,3 +66,12 @@ def train_autocast(device: torch.device, dtype: torch.dtype | None) -> contextli
 def run_record(device: torch.device, dtype: torch.dtype | None) -> dict:
     """What the MANIFEST records about how a checkpoint was trained: device type and autocast dtype."""
     return {"device": device.type, "autocast": "off" if dtype is None else str(dtype).removeprefix("torch.")}
+
+
+def warmup_cosine_lr(step: int, steps: int, lr: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 10% of `lr` (the text and draft recipes)."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))

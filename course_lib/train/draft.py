@@ -21,7 +21,6 @@ Measured on the saved (fp16-rounded) weights and recorded in checkpoints/MANIFES
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -37,7 +36,7 @@ from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
 from ..paths import DRAFT_MODEL, TEXT_MODEL, display_path
 from ..stats import fmt_rate, rate
 from ..tokenizer import get_encoding
-from .common import add_run_args, setup_run
+from .common import add_run_args, setup_run, warmup_cosine_lr
 from .text import EVAL_LINES, HELDOUT_SEED, TRAIN_SEED, batches, build_stream
 
 DRAFT_H_PARAMS = {"n_embd": 64, "n_layer": 2, "n_head": 4, "block_size": DEFAULT_H_PARAMS["block_size"],
@@ -164,20 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train tokens: {len(stream):,}  subset vocabulary: {len(vocab_ids)} of {hp['target_vocab_size']:,} ids  "
           f"draft parameters: {draft.num_params():,}  distill: {args.distill}")
     opt = torch.optim.AdamW(draft.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, args.steps - warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
     t0 = time.time()
     data = batches(stream, starts, args.batch, args.seq_len, gen)
     draft.train()
     for step in range(args.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = warmup_cosine_lr(step, args.steps, args.lr)
         x, y = (t.to(device) for t in next(data))
         logits = draft_logits(draft, x).flatten(0, 1)
         if args.distill == "logits":  # soft targets: the target's subset distribution, 0 on "other"
@@ -190,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
         opt.step()
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  {time.time() - t0:6.0f}s", flush=True)
+            print(f"step {step:5d}  loss {loss.item():.4f}  lr {warmup_cosine_lr(step, args.steps, args.lr):.2e}  {time.time() - t0:6.0f}s", flush=True)
     train_seconds = time.time() - t0
 
     atomic_save({"h_params": dict(draft.h_params), "model_state_dict": half_state_dict(draft),

@@ -17,7 +17,6 @@ Rates come with 95% Wilson intervals. Results go to checkpoints/MANIFEST.json.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
 from ..paths import TEXT_MODEL, display_path
 from ..stats import fmt_rate, rate
 from ..tokenizer import get_encoding
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
+from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast, warmup_cosine_lr
 
 TRAIN_SEED, HELDOUT_SEED, SAMPLE_SEED = 1234, 98765, 0
 EVAL_LINES = 2000
@@ -187,20 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
-    warmup = max(1, args.steps // 20)
-
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, args.steps - warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
     t0 = time.time()
     data = batches(stream, starts, args.batch, args.seq_len, gen)
     model.train()
     for step in range(args.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = warmup_cosine_lr(step, args.steps, args.lr)
         x, y = next(data)
         with train_autocast(device, amp):  # forward + loss only; backward and the fp32 weights stay outside
             loss = model.loss(x.to(device), y.to(device))
@@ -210,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         last_loss = loss.item()
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {last_loss:.4f}  lr {lr_at(step):.2e}  {time.time() - t0:6.0f}s", flush=True)
+            print(f"step {step:5d}  loss {last_loss:.4f}  lr {warmup_cosine_lr(step, args.steps, args.lr):.2e}  {time.time() - t0:6.0f}s", flush=True)
         if args.probe_every and step % args.probe_every == 0 and step:  # a cheap look at sample quality on the way
             q = sample_quality(model.eval(), set(), samples_per_brand=3)
             model.train()

@@ -39,15 +39,15 @@ test-gpu: install
 
 # Instructors: run every notebook headless into build/ (PARAMS=params.yaml gives per-notebook parameters).
 course: install
-	$(BIN)/python -m course_lib.run_course --out build $(if $(PARAMS),--params $(PARAMS),)
+	$(BIN)/python -m course_lib.course.run_course --out build $(if $(PARAMS),--params $(PARAMS),)
 
 # Instructors: a student copy of every notebook (no solutions) in build/student/.
 release: install
-	$(BIN)/python -m course_lib.release --out build/student
+	$(BIN)/python -m course_lib.course.release --out build/student
 
 # Instructors: grade hand-ins (make grade SUBMISSIONS=handins/), one CSV row per student and notebook.
 grade: install
-	$(BIN)/python -m course_lib.grade $(SUBMISSIONS) --out $(or $(OUT),grades.csv)
+	$(BIN)/python -m course_lib.course.grade $(SUBMISSIONS) --out $(or $(OUT),grades.csv)
 
 # Re-run every training recipe (overwrites checkpoints/ and MANIFEST.json; see README).
 checkpoints: install

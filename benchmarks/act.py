@@ -11,7 +11,7 @@ Data: the recipe's held-out sets (`course_lib.train.act.heldout_sets`): no puzzl
 training puzzle up to the 3072 Sudoku symmetries. The deduplicated random draws keep only 6 of
 500 puzzles each, so the tables use every unseen puzzle class (121 puzzles, 484 rows) and the
 deduplicated seed 777 draws; the throughput rows use the unseen-class set.
-Timings are wall-clock medians of --repeats runs after one warm-up (`course_lib.timing.time_fn`) on whatever
+Timings are wall-clock medians of --repeats runs after one warm-up (`course_lib.core.timing.time_fn`) on whatever
 CPU share the machine gives; compare rows, not machines.
 """
 
@@ -27,14 +27,14 @@ from course_lib.act.checkpoint import SHIPPED, load_reasoner
 from course_lib.act.data import load_split
 from course_lib.act.halting import run_dynamic, run_dynamic_refill, run_forced
 from course_lib.act.loss import ACTLossHead
-from course_lib.timing import time_fn
+from course_lib.core.timing import time_fn
 from course_lib.train.act import UNSEEN_SEED, dataset, heldout_sets
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median seconds (one warm-up run, `course_lib.timing.time_fn`) and the last run's result."""
+    """Median seconds (one warm-up run, `course_lib.core.timing.time_fn`) and the last run's result."""
     t = time_fn(fn, "cpu", repeats)
     return t.seconds, t.result
 

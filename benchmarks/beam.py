@@ -5,7 +5,7 @@
 
 Prompts: the 14 brand names, plus `--prompts N` held-out-split lines cut after their product name (the brand
 and the next field; never trained on). Every method writes one listing per prompt and stops at the newline token.
-Per method (`course_lib.quality.compare_decoders`): well-formed and novel rates with 95% Wilson intervals (novel =
+Per method (`course_lib.decoding.quality.compare_decoders`): well-formed and novel rates with 95% Wilson intervals (novel =
 well-formed and not in the first `--train-lines` lines of the training stream), the mean sequence log-probability
 (sum over the line and its newline, and per token), distinct lines per prompt, decode steps, rows pushed through the
 model, and wall time (one untimed warm-up run of the whole comparison on two prompts, then the median of
@@ -24,13 +24,13 @@ from datetime import datetime, timezone
 
 import torch
 
-from course_lib.corpus import BRANDS, generate_corpus
-from course_lib.files import atomic_write_text, claim_numbered_folder
-from course_lib.gpt import load_gpt
-from course_lib.paths import RUNS, display_path
-from course_lib.quality import compare_decoders
-from course_lib.stats import fmt_rate
-from course_lib.tokenizer import get_encoding
+from course_lib.core.files import atomic_write_text, claim_numbered_folder
+from course_lib.core.paths import RUNS, display_path
+from course_lib.core.stats import fmt_rate
+from course_lib.decoding.quality import compare_decoders
+from course_lib.text.corpus import BRANDS, generate_corpus
+from course_lib.text.gpt import load_gpt
+from course_lib.text.tokenizer import get_encoding
 
 
 def build_parser() -> argparse.ArgumentParser:

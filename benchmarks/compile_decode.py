@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from course_lib.device import pick_device
-from course_lib.files import atomic_write_text
-from course_lib.gpt import load_gpt
-from course_lib.paths import RUNS, display_path
-from course_lib.static_cache import StaticKVCache, compile_decode_step, forward_static, generate_static
-from course_lib.tokenizer import get_encoding
+from course_lib.caches.static_cache import StaticKVCache, compile_decode_step, forward_static, generate_static
+from course_lib.core.device import pick_device
+from course_lib.core.files import atomic_write_text
+from course_lib.core.paths import RUNS, display_path
+from course_lib.text.gpt import load_gpt
+from course_lib.text.tokenizer import get_encoding
 
 
 def sync(device: torch.device) -> None:

@@ -6,7 +6,7 @@
 The model is the shipped text GPT (`load_gpt()`); Hugging Face runs a `LlamaForCausalLM` holding the
 same weights (`benchmarks/hf_llama.py`: identical logits), so speculative and prompt-lookup decoding
 see what the model really predicts. Prompts are real: each row is held-out corpus listings ending in a
-brand name (`course_lib.corpus.BRANDS`), cut to exactly `context - new` tokens, so no row is padded.
+brand name (`course_lib.text.corpus.BRANDS`), cut to exactly `context - new` tokens, so no row is padded.
 
 Variants (`VARIANTS`, name -> builder; a builder returns None where the variant does not apply):
 - course cached loop: `GPT.generate(temperature=0)` (chapter 03's contiguous KV cache);
@@ -17,7 +17,7 @@ Variants (`VARIANTS`, name -> builder; a builder returns None where the variant 
 - HF generate: greedy, DynamicCache, `min_new_tokens` = `max_new_tokens` (no early stop);
 - HF prompt lookup: the same with `prompt_lookup_num_tokens=8` (model-free n-gram drafts), batch 1 only;
 - speculative (course): `speculative_generate(target, load_draft(), ..., k=4)`, added automatically
-  when `course_lib.speculative` is importable.
+  when `course_lib.decoding.speculative` is importable.
 
 Method: greedy, fp32. Every variant's tokens are compared with the fp32 greedy reference (the course
 cached loop) before anything is timed; a variant that disagrees is reported and not timed. Then
@@ -26,7 +26,7 @@ the median is reported. tokens/s counts new tokens only (batch x new / seconds, 
 ratios are taken within the same run. Compilation happens in the untimed reference run. The goal row:
 batch 1, 160 new tokens after a bare brand name (`--goal-prompts` brands, one after the other).
 The bound that applies is measured in the same run: the head matvec alone, a 0-layer decode step
-(`course_lib.speed`) and the DRAM streaming rate; then cached decode throughput against batch size
+(`course_lib.decoding.speed`) and the DRAM streaming rate; then cached decode throughput against batch size
 (`speed.batch_curve`) and the KV-cache memory formula. Results are printed as markdown and saved as JSON
 under runs/bench/ (never overwritten).
 """
@@ -50,16 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_llama.py sits nex
 
 from hf_llama import hf_available, to_hf_llama  # noqa: E402
 
-from course_lib.corpus import BRANDS, generate_corpus  # noqa: E402
-from course_lib.device import pick_device  # noqa: E402
-from course_lib.files import atomic_write_text  # noqa: E402
-from course_lib.gpt import GPT, load_gpt  # noqa: E402
-from course_lib.kv_cache import kv_cache_bytes  # noqa: E402
-from course_lib.paths import RUNS, display_path  # noqa: E402
-from course_lib.speed import batch_curve, step_costs  # noqa: E402
-from course_lib.static_cache import generate_static  # noqa: E402
-from course_lib.timing import sync, time_fn  # noqa: E402
-from course_lib.tokenizer import get_encoding  # noqa: E402
+from course_lib.caches.kv_cache import kv_cache_bytes  # noqa: E402
+from course_lib.caches.static_cache import generate_static  # noqa: E402
+from course_lib.core.device import pick_device  # noqa: E402
+from course_lib.core.files import atomic_write_text  # noqa: E402
+from course_lib.core.paths import RUNS, display_path  # noqa: E402
+from course_lib.core.timing import sync, time_fn  # noqa: E402
+from course_lib.decoding.speed import batch_curve, step_costs  # noqa: E402
+from course_lib.text.corpus import BRANDS, generate_corpus  # noqa: E402
+from course_lib.text.gpt import GPT, load_gpt  # noqa: E402
+from course_lib.text.tokenizer import get_encoding  # noqa: E402
 
 GOAL_NEW_TOKENS = 160
 # A LLaMA-2-7B-shaped model (32 layers, 32 KV heads of 128, 6.74 B parameters), fp16, for the memory table.
@@ -105,7 +105,7 @@ VARIANTS: dict[str, Builder] = {
 def add_speculative_variant() -> str:
     """Add the course's speculative decoding (k=4) to VARIANTS when its module exists; say what happened."""
     try:
-        from course_lib.speculative import load_draft, speculative_generate
+        from course_lib.decoding.speculative import load_draft, speculative_generate
     except ImportError as exc:
         return f"skipped ({exc})"
     draft_cache: dict[str, object] = {}

@@ -31,9 +31,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from course_lib.core.files import atomic_write_text
+from course_lib.core.paths import RUNS, display_path
 from course_lib.distributed.step_timing import measure
-from course_lib.files import atomic_write_text
-from course_lib.paths import RUNS, display_path
 
 CONFIGS = [(1, 1), (1, 2), (2, 1)]  # (processes, threads per process)
 

@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from course_lib.gpt import GPT, load_gpt
-from course_lib.layers import swiglu_hidden
+from course_lib.core.layers import swiglu_hidden
+from course_lib.text.gpt import GPT, load_gpt
 
 
 def hf_available() -> str | None:
@@ -76,7 +76,7 @@ def main() -> int:
         print("transformers is not installed: pip install -c requirements.txt -r benchmarks/requirements-bench.txt",
               file=sys.stderr)
         return 2
-    from course_lib.tokenizer import get_encoding
+    from course_lib.text.tokenizer import get_encoding
 
     model = load_gpt()
     hf = to_hf_llama(model)

@@ -4,7 +4,7 @@
     python benchmarks/quantize.py --threads 1 --quick    # no held-out evaluation, 2 timing rounds
 
 For fp32 (the shipped weights), bf16 (the whole model cast), int8 (per-channel) and int4 (groups of
---group-size inputs), all from `course_lib.quantize`:
+--group-size inputs), all from `course_lib.caches.quantize`:
 - held-out loss: the recipe's `course_lib.train.text.evaluate()` (loss on 2,000 held-out-split
   lines, never trained on), and its well-formed rate of 280 samples (20 per brand, T 0.7) with a
   95% Wilson interval;
@@ -35,12 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from course_lib.batching import pad_batch
-from course_lib.corpus import BRANDS, generate_corpus
-from course_lib.files import atomic_write_text
-from course_lib.gpt import load_gpt
-from course_lib.paths import RUNS, display_path
-from course_lib.quantize import (
+from course_lib.caches.quantize import (
     agreement,
     agreement_prompts,
     dequantize_int4,
@@ -51,9 +46,14 @@ from course_lib.quantize import (
     unpack_int4,
     weight_bytes,
 )
-from course_lib.stats import fmt_rate
-from course_lib.timing import time_fn
-from course_lib.tokenizer import get_encoding
+from course_lib.core.files import atomic_write_text
+from course_lib.core.paths import RUNS, display_path
+from course_lib.core.stats import fmt_rate
+from course_lib.core.timing import time_fn
+from course_lib.decoding.batching import pad_batch
+from course_lib.text.corpus import BRANDS, generate_corpus
+from course_lib.text.gpt import load_gpt
+from course_lib.text.tokenizer import get_encoding
 from course_lib.train.text import TRAIN_SEED, evaluate
 
 RECIPE_LINES, RECIPE_SEQ_LEN = 150000, 256  # the recipe's defaults (`python -m course_lib.train.text`)

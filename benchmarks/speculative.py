@@ -13,7 +13,7 @@ verify), and with --step-graphs also as separately compiled draft-step and verif
 
 Every variant's tokens are checked against the fp32 greedy reference (`GPT.generate(temperature=0)`)
 before it is timed; a variant that differs is reported and not timed. One timed call decodes every
-prompt once; `course_lib.timing.time_fn` (one warm-up, which also pays for compilation) reports the
+prompt once; `course_lib.core.timing.time_fn` (one warm-up, which also pays for compilation) reports the
 median of --repeats calls. tok/s counts new tokens. Ratios are against HF `generate` in the same run.
 Results are printed as a markdown table and saved as JSON under runs/bench/ (never overwritten).
 """
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import torch
 
-from course_lib.corpus import BRANDS
-from course_lib.draft import load_draft
-from course_lib.files import atomic_write_text
-from course_lib.gpt import load_gpt
-from course_lib.paths import RUNS, display_path
-from course_lib.speculative import prompt_lookup_generate, speculative_generate
-from course_lib.static_cache import compile_decode_step, generate_static
-from course_lib.timing import time_fn
-from course_lib.tokenizer import get_encoding
+from course_lib.caches.static_cache import compile_decode_step, generate_static
+from course_lib.core.files import atomic_write_text
+from course_lib.core.paths import RUNS, display_path
+from course_lib.core.timing import time_fn
+from course_lib.decoding.speculative import prompt_lookup_generate, speculative_generate
+from course_lib.text.corpus import BRANDS
+from course_lib.text.draft import load_draft
+from course_lib.text.gpt import load_gpt
+from course_lib.text.tokenizer import get_encoding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_llama import hf_available, to_hf_llama  # noqa: E402

@@ -13,9 +13,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from course_lib.gpt import GPT, load_gpt
+from course_lib.core.paths import TEXT_MODEL, display_path
 from course_lib.motion.gpt import Config, MotionGPT
-from course_lib.paths import TEXT_MODEL, display_path
+from course_lib.text.gpt import GPT, load_gpt
 
 TINY = {"vocab_size": 300, "n_embd": 32, "n_layer": 2, "n_head": 4, "block_size": 32, "dropout": 0.1}
 

@@ -17,7 +17,7 @@ def tiny_notebook() -> dict:
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     cells = [
         md("# Tiny\nA notebook for the instructor-tool tests."),
-        code("from course_lib.notebook import check_answer, run_check, show_params"),
+        code("from course_lib.course.notebook import check_answer, run_check, show_params"),
         md("Parameters:"),
         code('seed = 0\ndevice = "cpu"\nshow_params(seed=seed, device=device)', metadata={"tags": ["parameters"]}),
         md("## Exercises\n**Exercise 1.** Six times seven. **Exercise 2.** Write `double(x)`."),

@@ -107,7 +107,7 @@ def test_result_needs_labels():
 
 
 def test_wilson_interval_known_values():
-    from course_lib.stats import fmt_rate, rate, wilson
+    from course_lib.core.stats import fmt_rate, rate, wilson
     lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
     assert wilson(6, 6)[1] == pytest.approx(1.0) and wilson(6, 6)[0] == pytest.approx(0.6097, abs=1e-4)

@@ -13,8 +13,8 @@ import torch
 from course_lib.act.build_dataset import build
 from course_lib.act.inference import main
 from course_lib.act.model import ACTReasoner
-from course_lib.checkpoints import write_json_atomic
-from course_lib.paths import REPO_ROOT
+from course_lib.core.checkpoints import write_json_atomic
+from course_lib.core.paths import REPO_ROOT
 
 CFG = {"hidden_size": 32, "num_heads": 4, "halt_max_steps": 3}
 

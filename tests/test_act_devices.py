@@ -14,7 +14,7 @@ import torch
 
 from course_lib.act.analysis import halting_steps, rule_steps, trace_steps
 from course_lib.act.model import ACTReasoner
-from course_lib.paths import REPO_ROOT
+from course_lib.core.paths import REPO_ROOT
 
 
 @pytest.fixture(scope="module")

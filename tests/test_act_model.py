@@ -9,7 +9,7 @@ from course_lib.act import puzzles as P
 from course_lib.act.halting import run_dynamic, run_dynamic_refill, run_forced
 from course_lib.act.loss import IGNORE_LABEL_ID, ACTLossHead, compute_metrics
 from course_lib.act.model import ACTReasoner
-from course_lib.layers import Block
+from course_lib.core.layers import Block
 
 TINY = {"hidden_size": 32, "num_heads": 4, "halt_max_steps": 4}
 

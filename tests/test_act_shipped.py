@@ -11,7 +11,7 @@ from course_lib.act.build_dataset import build
 from course_lib.act.checkpoint import SHIPPED, load_reasoner
 from course_lib.act.data import load_split
 from course_lib.act.split_metrics import evaluate_set
-from course_lib.checkpoints import read_manifest, verify_checkpoint
+from course_lib.core.checkpoints import read_manifest, verify_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.checkpoints import CheckpointError, atomic_save, load_checkpoint
-from course_lib.paths import REPO_ROOT
+from course_lib.core.checkpoints import CheckpointError, atomic_save, load_checkpoint
+from course_lib.core.paths import REPO_ROOT
 
 
 def run_module(module: str, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -113,7 +113,7 @@ def test_unpicklable_bytes_are_checked_too(tmp_path):
 def act_setup(tmp_path_factory):
     from course_lib.act.build_dataset import build
     from course_lib.act.model import ACTReasoner
-    from course_lib.checkpoints import write_json_atomic
+    from course_lib.core.checkpoints import write_json_atomic
 
     root = tmp_path_factory.mktemp("act_bad")
     torch.manual_seed(0)
@@ -231,7 +231,7 @@ def test_act_ctrl_c_removes_the_claimed_folder_and_exits_130(act_setup, capsys, 
 # ------------------------------------------------------------------------------ run_course
 def test_run_course_ctrl_c_leaves_no_partial_notebook_and_exits_130(tmp_path, capsys, monkeypatch):
     papermill = pytest.importorskip("papermill")
-    from course_lib.run_course import main
+    from course_lib.course.run_course import main
 
     def interrupted(nb, out, **kwargs):
         open(out, "w").write("{half a notebook")
@@ -250,7 +250,7 @@ def test_run_course_ctrl_c_leaves_no_partial_notebook_and_exits_130(tmp_path, ca
     (b"04:\n  seed: \x07\n", "is not valid YAML"),
 ])
 def test_run_course_bad_yaml_bytes_exit_2(tmp_path, capsys, data, needle):
-    from course_lib.run_course import main
+    from course_lib.course.run_course import main
 
     (tmp_path / "p.yaml").write_bytes(data)
     with pytest.raises(SystemExit) as exc:
@@ -262,7 +262,7 @@ def test_run_course_bad_yaml_bytes_exit_2(tmp_path, capsys, data, needle):
 def test_run_course_strips_a_bom_and_refuses_a_notebook_named_twice(tmp_path):
     import yaml
 
-    from course_lib.run_course import notebooks, read_text_file, resolve_params
+    from course_lib.course.run_course import notebooks, read_text_file, resolve_params
 
     (tmp_path / "p.yaml").write_bytes(b"\xef\xbb\xbf04:\n  seed: 3\n")
     spec = yaml.safe_load(read_text_file(tmp_path / "p.yaml"))
@@ -274,7 +274,7 @@ def test_run_course_strips_a_bom_and_refuses_a_notebook_named_twice(tmp_path):
 
 
 @pytest.mark.parametrize("module, flag, extra", [
-    ("course_lib.run_course", "--out", ["--only", "04"]),
+    ("course_lib.course.run_course", "--out", ["--only", "04"]),
     ("course_lib.act.build_dataset", "--out", ["--seed", "0", "--num-train", "0", "--num-test", "2"]),
 ])
 @pytest.mark.parametrize("where", ["under_file", "proc"])
@@ -292,7 +292,7 @@ TINY = {"vocab_size": 100277, "n_embd": 8, "n_layer": 1, "n_head": 2, "block_siz
 
 @pytest.fixture(scope="module")
 def tiny_gpt():
-    from course_lib.gpt import GPT
+    from course_lib.text.gpt import GPT
 
     torch.manual_seed(0)
     return GPT(TINY).eval()
@@ -317,7 +317,7 @@ def test_numpy_scalars_are_numbers(tiny_gpt):
 def test_generate_warns_once_in_training_mode():
     import warnings
 
-    from course_lib.gpt import GPT
+    from course_lib.text.gpt import GPT
 
     model = GPT({**TINY, "dropout": 0.5}).train()
     x = torch.tensor([[1, 2, 3]])
@@ -333,14 +333,14 @@ def test_generate_warns_once_in_training_mode():
 @pytest.mark.parametrize("key, value", [("n_embd", "32"), ("n_layer", 3.0), ("n_head", None), ("block_size", True),
                                         ("vocab_size", 0), ("dropout", float("nan")), ("rope_theta", -1.0)])
 def test_gpt_h_params_wrong_types_name_the_key(key, value):
-    from course_lib.gpt import GPT
+    from course_lib.text.gpt import GPT
 
     with pytest.raises(ValueError, match=rf"h_params\[{key!r}\]"):
         GPT({**TINY, key: value})
 
 
 def _save_gpt(tmp_path, sd=None, hp=None):
-    from course_lib.gpt import GPT
+    from course_lib.text.gpt import GPT
 
     model = GPT(TINY)
     sd = model.state_dict() if sd is None else sd
@@ -353,7 +353,7 @@ def _save_gpt(tmp_path, sd=None, hp=None):
                                           ("list", "must be a mapping"), ("value", "is a str, not a tensor"),
                                           ("h_params", r"h_params\['n_embd'\] must be an int")])
 def test_load_gpt_checks_weights_when_loading(tmp_path, case, needle):
-    from course_lib.gpt import load_gpt
+    from course_lib.text.gpt import load_gpt
 
     path, sd = _save_gpt(tmp_path)
     name = "blocks.0.attn.qkv.weight"
@@ -373,7 +373,7 @@ def test_load_gpt_checks_weights_when_loading(tmp_path, case, needle):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_load_gpt_on_missing_cuda_says_so(tmp_path):
-    from course_lib.gpt import load_gpt
+    from course_lib.text.gpt import load_gpt
 
     path, _ = _save_gpt(tmp_path)
     with pytest.raises(RuntimeError, match=r"device='cuda' requested but torch.cuda.is_available\(\) is False"):
@@ -381,9 +381,9 @@ def test_load_gpt_on_missing_cuda_says_so(tmp_path):
 
 
 def test_prompts_special_token_text_and_non_strings():
-    from course_lib.batching import generate_batch, pad_batch
-    from course_lib.decode import encode_prompt
-    from course_lib.tokenizer import get_encoding
+    from course_lib.decoding.batching import generate_batch, pad_batch
+    from course_lib.decoding.decode import encode_prompt
+    from course_lib.text.tokenizer import get_encoding
 
     enc = get_encoding()
     plain = encode_prompt(enc, "a <|endoftext|> b", 64)
@@ -400,7 +400,7 @@ def test_prompts_special_token_text_and_non_strings():
 
 # ------------------------------------------------------------------------ notebook parameters
 def test_unknown_injected_parameter_is_rejected():
-    from course_lib.notebook import ParameterError, check_no_unknown_params
+    from course_lib.course.notebook import ParameterError, check_no_unknown_params
 
     params_cell = 'device = "cpu"\nseed = 0\nthreshold = 0.5'
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['sede'\].*declares device, seed, threshold"):
@@ -410,7 +410,7 @@ def test_unknown_injected_parameter_is_rejected():
 
 
 def test_check_param_int_for_float_empty_text_missing_file_and_lists():
-    from course_lib.notebook import ParameterError, check_param
+    from course_lib.course.notebook import ParameterError, check_param
 
     assert check_param("threshold", 1, kind=float, low=0.0, high=1.0) == 1
     with pytest.raises(ParameterError, match="must be float"):
@@ -426,7 +426,7 @@ def test_check_param_int_for_float_empty_text_missing_file_and_lists():
 
 def test_papermill_misspelt_parameter_stops_at_the_parameters_cell(tmp_path):
     pm = pytest.importorskip("papermill")
-    from course_lib.paths import NOTEBOOKS
+    from course_lib.core.paths import NOTEBOOKS
 
     nb = NOTEBOOKS / "04_act_halting_loops.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from course_lib.beam import BeamHypotheses, beam_search
-from course_lib.decode import generate_ids
-from course_lib.gpt import sequence_logprob  # the public API path (COURSE_DESIGN.md)
-from course_lib.scoring import sequence_logprobs
-from course_lib.tokenizer import get_encoding
+from course_lib.decoding.beam import BeamHypotheses, beam_search
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.scoring import sequence_logprobs
+from course_lib.text.gpt import sequence_logprob  # the public API path (COURSE_DESIGN.md)
+from course_lib.text.tokenizer import get_encoding
 
 V, L, EOS = 4, 3, 2  # 4 tokens, 3 new tokens at most, token 2 ends a hypothesis
 
@@ -159,7 +159,7 @@ def test_multinomial_draws_converge_to_softmax():
 
 
 def test_generate_scored_equals_sequence_logprob(make_gpt):
-    from course_lib.quality import generate_scored
+    from course_lib.decoding.quality import generate_scored
     enc = get_encoding()
     model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=48, dropout=0.0)
     prompts = ["农夫山泉", "Alpine Spring", "三只松鼠 每日坚果"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import checkpoints as ck
-from course_lib.checkpoints import CheckpointError, load_checkpoint, load_weights, strip_prefix
-from course_lib.paths import CHECKPOINTS
+from course_lib.core import checkpoints as ck
+from course_lib.core.checkpoints import CheckpointError, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.paths import CHECKPOINTS
 
 
 def small_model() -> nn.Module:

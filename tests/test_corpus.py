@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from course_lib.corpus import (
+from course_lib.text.corpus import (
     BRANDS,
     CATALOG,
     check_listing,
@@ -31,7 +31,7 @@ def test_every_generated_line_is_well_formed():
 
 
 def test_every_brand_generates():
-    from course_lib.corpus import generate_listing
+    from course_lib.text.corpus import generate_listing
     rng = random.Random(0)
     for brand in BRANDS:
         line = generate_listing(rng, brand)

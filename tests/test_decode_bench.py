@@ -10,8 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import decode as bench  # noqa: E402
 
-from course_lib.corpus import BRANDS  # noqa: E402
-from course_lib.tokenizer import get_encoding  # noqa: E402
+from course_lib.text.corpus import BRANDS  # noqa: E402
+from course_lib.text.tokenizer import get_encoding  # noqa: E402
 
 
 def test_brand_prompts_have_the_length_asked_and_end_with_a_brand():

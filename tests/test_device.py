@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.device import pick_device, seed_everything
+from course_lib.core.device import pick_device, seed_everything
 
 
 def test_auto_picks_available_device(capsys):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from course_lib import decode
-from course_lib.batching import generate_batch
-from course_lib.decode import STOP_CHECK_EVERY, generate_ids
-from course_lib.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_draw, sample_next
-from course_lib.tokenizer import get_encoding
+from course_lib.decoding import decode
+from course_lib.decoding.batching import generate_batch
+from course_lib.decoding.decode import STOP_CHECK_EVERY, generate_ids
+from course_lib.decoding.sampling import apply_repetition_penalty, filter_logits, inverse_cdf_draw, sample_next
+from course_lib.text.tokenizer import get_encoding
 
 DEVICES = ["meta"] + ([os.environ["COURSE_TEST_DEVICE"]] if os.environ.get("COURSE_TEST_DEVICE") else [])
 PROBS = torch.tensor([0.5, 0.0, 0.2, 0.15, 0.0, 0.1, 0.05])  # zeros must never be drawn
@@ -213,7 +213,7 @@ def test_the_device_stop_matcher_agrees_with_a_byte_search():
     whose bytes contain one, for every row of a batch fed together."""
     import random
 
-    from course_lib.stopping import StopCriteria
+    from course_lib.decoding.stopping import StopCriteria
 
     enc, rng = get_encoding(), random.Random(0)
     texts = ["农夫山泉 天然水 550ml 瓶装\n\n下一行", "aaab abab ababab\n x\n\ny", "Meadow Farm Sparkling Water 12 x 330ml\n"]

@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from course_lib.batching import pad_batch
-from course_lib.paths import NOTEBOOKS
-from course_lib.speed import batch_curve, step_costs
-from course_lib.tokenizer import get_encoding
+from course_lib.core.paths import NOTEBOOKS
+from course_lib.decoding.batching import pad_batch
+from course_lib.decoding.speed import batch_curve, step_costs
+from course_lib.text.tokenizer import get_encoding
 
 FACTORIES = {"tensor", "zeros", "ones", "full", "arange", "randint", "randn", "rand", "empty"}
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_lib.core.layers import Attention, SwiGLU, rope_angles
+from course_lib.core.paths import REPO_ROOT
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.generate import main as generate_main
 from course_lib.distributed.process_group import DistSetupError, check_divides, check_env
@@ -27,8 +29,6 @@ from course_lib.distributed.tp_layers import (
     shard_range,
     shard_sizes,
 )
-from course_lib.layers import Attention, SwiGLU, rope_angles
-from course_lib.paths import REPO_ROOT
 
 
 class PartialComm(Comm):
@@ -148,7 +148,7 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 120) -> subprocess.Com
 @pytest.mark.parametrize("sampling", [[], ["--temperature", "0.9", "--top_k", "50", "--seed", "3"]],
                          ids=["greedy", "sampling"])
 def test_torchrun_tensor_parallel_text_equals_single_process(shipped_gpt, sampling):
-    from course_lib.tokenizer import get_encoding
+    from course_lib.text.tokenizer import get_encoding
     r = torchrun("-m", "course_lib.distributed.generate", "--prompt", "Sunbeam", "--max_new_tokens", "24", *sampling)
     assert r.returncode == 0, r.stderr[-2000:]
     enc = get_encoding()
@@ -182,7 +182,7 @@ def test_a_rank_that_stops_answering_ends_the_others_after_the_timeout(tmp_path)
 def act_setup(tmp_path_factory):
     from course_lib.act.build_dataset import build
     from course_lib.act.model import ACTReasoner
-    from course_lib.checkpoints import write_json_atomic
+    from course_lib.core.checkpoints import write_json_atomic
     root = tmp_path_factory.mktemp("act_dist")
     torch.manual_seed(0)
     model = ACTReasoner({"hidden_size": 32, "num_heads": 4, "halt_max_steps": 3})

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from course_lib.engine import Engine
-from course_lib.engine_check import main
-from course_lib.paths import REPO_ROOT
+from course_lib.core.paths import REPO_ROOT
+from course_lib.labs.engine import Engine
+from course_lib.labs.engine_check import main
 
 PROMPT = torch.tensor([[11, 22, 33, 44]])
 
@@ -19,7 +19,7 @@ PROMPT = torch.tensor([[11, 22, 33, 44]])
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    from course_lib.gpt import GPT
+    from course_lib.text.gpt import GPT
     return GPT({"vocab_size": 300, "n_embd": 32, "n_layer": 2, "n_head": 4, "block_size": 32, "dropout": 0.0}).eval()
 
 
@@ -98,6 +98,6 @@ def test_engine_check_bad_arguments_exit_2(argv, message, capsys):
 
 def test_engine_check_help_from_the_command_line():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    r = subprocess.run([sys.executable, "-m", "course_lib.engine_check", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "course_lib.labs.engine_check", "--help"], capture_output=True, text=True,
                        env=env, cwd=REPO_ROOT, timeout=120)
     assert r.returncode == 0 and "--test_mode {infer,generate,both}" in r.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.files import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, claim_numbered_folder
+from course_lib.core.files import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, claim_numbered_folder
 from course_lib.motion import inference_batch
 
 

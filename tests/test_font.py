@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.ft2font import FT2Font  # noqa: E402
 
-from course_lib import plots  # noqa: E402
-from course_lib.corpus import BRANDS  # noqa: E402
+from course_lib.text import plots  # noqa: E402
+from course_lib.text.corpus import BRANDS  # noqa: E402
 
 
 def test_font_is_small_licensed_and_has_the_course_glyphs():

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from course_lib.corpus import BRANDS, is_well_formed
-from course_lib.gpt import GPT
-from course_lib.layers import apply_rope, rope_angles
-from course_lib.tokenizer import get_encoding
+from course_lib.core.layers import apply_rope, rope_angles
+from course_lib.text.corpus import BRANDS, is_well_formed
+from course_lib.text.gpt import GPT
+from course_lib.text.tokenizer import get_encoding
 
 
 def test_shapes_and_tied_weights(tiny_gpt):

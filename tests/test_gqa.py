@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.checkpoints import load_checkpoint
-from course_lib.gpt import GPT
-from course_lib.kv_cache import kv_cache_bytes
-from course_lib.layers import Attention, rope_angles
-from course_lib.paths import TEXT_MODEL
+from course_lib.caches.kv_cache import kv_cache_bytes
+from course_lib.core.checkpoints import load_checkpoint
+from course_lib.core.layers import Attention, rope_angles
+from course_lib.core.paths import TEXT_MODEL
+from course_lib.text.gpt import GPT
 
 
 def mha_reference(attn: Attention, x: torch.Tensor, rope) -> torch.Tensor:

@@ -15,12 +15,12 @@ import psutil
 import pytest
 from instructor_fixtures import STEM, tiny_notebook
 
-from course_lib import notebook as nbhelpers
-from course_lib.exercises import apply_tags, source
-from course_lib.grade import main
-from course_lib.notebook import CHECK_MIME, RECORD_ENV, check_answer, run_check
-from course_lib.paths import NOTEBOOKS
-from course_lib.release import course_notebooks, read_nb, student_copy, write_nb
+from course_lib.core.paths import NOTEBOOKS
+from course_lib.course import notebook as nbhelpers
+from course_lib.course.exercises import apply_tags, source
+from course_lib.course.grade import main
+from course_lib.course.notebook import CHECK_MIME, RECORD_ENV, check_answer, run_check
+from course_lib.course.release import course_notebooks, read_nb, student_copy, write_nb
 
 
 def test_verdicts_recorded_only_under_the_grader(monkeypatch, capsys):

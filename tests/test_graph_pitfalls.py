@@ -7,9 +7,8 @@ import warnings
 import pytest
 import torch
 
-from course_lib.compile_watch import watch_compiles
-from course_lib.graph_pitfalls import BranchyStep, ReusedOutput
-from course_lib.static_cache import (
+from course_lib.caches.compile_watch import watch_compiles
+from course_lib.caches.static_cache import (
     GraphCounter,
     StaticKVCache,
     StaticStep,
@@ -18,6 +17,7 @@ from course_lib.static_cache import (
     generate_static,
     pad_left,
 )
+from course_lib.labs.graph_pitfalls import BranchyStep, ReusedOutput
 
 
 @pytest.fixture(scope="module")

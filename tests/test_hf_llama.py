@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from hf_llama import max_logit_difference, to_hf_llama  # noqa: E402
 
-from course_lib.gpt import GPT  # noqa: E402
+from course_lib.text.gpt import GPT  # noqa: E402
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1], ids=["MHA", "GQA", "MQA"])

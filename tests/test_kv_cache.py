@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.kv_cache import KVCache
-from course_lib.paths import TEXT_MODEL
-from course_lib.tokenizer import get_encoding
+from course_lib.caches.kv_cache import KVCache
+from course_lib.core.paths import TEXT_MODEL
+from course_lib.text.tokenizer import get_encoding
 
 
 @pytest.mark.parametrize("prompt_len", [1, 3, 11, 24])
@@ -85,7 +85,7 @@ def test_kv_cache_object():
 
 @pytest.mark.skipif(not TEXT_MODEL.exists(), reason="shipped text model not present")
 def test_shipped_model_cached_equals_uncached_across_context_limit():
-    from course_lib.gpt import load_gpt
+    from course_lib.text.gpt import load_gpt
     model = load_gpt()
     enc = get_encoding()
     assert model.block_size == 512
@@ -133,7 +133,7 @@ def test_last_only_forward_equals_last_row(make_gpt):
 
 # ---------------------------------------------------------------- KV-cache memory (issue 11)
 def test_kv_cache_bytes_formula_and_real_buffers(make_gpt):
-    from course_lib.kv_cache import kv_cache_bytes
+    from course_lib.caches.kv_cache import kv_cache_bytes
     model = make_gpt()
     cache = model.new_cache(batch_size=3)
     real = (cache.k.numel() + cache.v.numel()) * cache.k.element_size()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.kv_cache import KVCache
-from course_lib.layers import (
+from course_lib.caches.kv_cache import KVCache
+from course_lib.core.layers import (
     Attention,
     Block,
     apply_rope,

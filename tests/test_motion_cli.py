@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from course_lib.checkpoints import atomic_save
+from course_lib.core.checkpoints import atomic_save
 from course_lib.motion import inference_batch
 from course_lib.motion.gpt import Config, MotionGPT, save_trans
 from course_lib.motion.text_encoder import TextEncoder, WordTokenizer

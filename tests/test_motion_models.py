@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from course_lib.checkpoints import CheckpointError, atomic_save, load_checkpoint, load_weights
-from course_lib.layers import Block
+from course_lib.core.checkpoints import CheckpointError, atomic_save, load_checkpoint, load_weights
+from course_lib.core.layers import Block
 from course_lib.motion.gpt import PRESETS, Config, load_trans, save_trans
 from course_lib.motion.quantizers import FSQ, QuantizeEMAReset, perplexity
 from course_lib.motion.text_encoder import TextEncoder, WordTokenizer
@@ -168,9 +168,9 @@ def test_text_encoder_is_order_aware_and_pads_safely():
 
 
 def test_wilson_interval_and_novel_heldout_captions_are_absent_from_training():
+    from course_lib.core.stats import wilson as wilson_interval
     from course_lib.motion.data import TRAIN_SEED
     from course_lib.motion.synth import make_dataset
-    from course_lib.stats import wilson as wilson_interval
     from course_lib.train.motion_trans import novel_heldout
 
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0

@@ -2,7 +2,7 @@
 
 import torch
 
-from course_lib.checkpoints import load_checkpoint, read_manifest
+from course_lib.core.checkpoints import load_checkpoint, read_manifest
 from course_lib.motion.classifier import load_classifier
 from course_lib.motion.pipeline import CLS_PATH, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
 from course_lib.motion.synth import ACTIONS

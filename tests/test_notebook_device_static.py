@@ -4,7 +4,7 @@
    to a model (or to a method of it, or to a function given the model) must say `device=` or be
    moved with `.to(...)`; so must a name that was last bound to such a tensor.
 2. A device tensor reaches matplotlib: the arguments of `plt.*`, `ax.*` / `axes[i].*` and the
-   `course_lib.plots` functions must not use a name bound to device data (model outputs, tensors
+   `course_lib.text.plots` functions must not use a name bound to device data (model outputs, tensors
    made with `device=`, `.to(dev)`, and names computed from those) unless converted on the way
    (`.cpu()`, `.tolist()`, `.item()`, `.numpy()`, `float()`, `int()`, ...).
 
@@ -34,7 +34,7 @@ TAKES_CPU_MODELS = {"load_weights", "load_state_dict", "print", "len", "isinstan
 KEEPS_MODEL = {"to", "cuda", "eval", "train", "float", "half", "bfloat16", "requires_grad_"}  # model methods returning it
 CPU_HELPERS = {"pad_batch"}  # course_lib helpers that build tensors on the CPU unless given device=
 TO_HOST = {"cpu", "tolist", "item", "numpy"}  # method calls that bring data to the host
-# course_lib.plots functions that move what they get to the host themselves (.cpu(), .tolist(), float() inside).
+# course_lib.text.plots functions that move what they get to the host themselves (.cpu(), .tolist(), float() inside).
 PLOTS_THAT_CONVERT = {"plot_temperature_sweep", "plot_attention_masks", "plot_next_token_distribution"}
 PLOT_METHODS = {"plot", "bar", "barh", "scatter", "imshow", "hist", "step", "fill_between", "errorbar", "matshow",
                 "pcolormesh", "contour", "contourf", "stairs", "axhline", "axvline", "text", "annotate", "set_xticks",
@@ -307,7 +307,7 @@ def test_notebook_tensors_meet_the_model_on_its_device_and_plots_get_host_data(p
 
 def test_the_check_sees_both_mistakes(tmp_path):
     cells = [
-        "model = load_gpt(device=dev)\nfrom course_lib.plots import plot_rate_sweep\nimport matplotlib.pyplot as plt",
+        "model = load_gpt(device=dev)\nfrom course_lib.text.plots import plot_rate_sweep\nimport matplotlib.pyplot as plt",
         "x = torch.tensor([[1, 2]])\nout = model.generate(x, 5)\nlogits = model(torch.arange(3)[None])\n"
         "ids, mask = pad_batch(enc, ['a'], 8)\nengine = Engine(model)\nengine.infer(ids, position_ids=torch.arange(1))",
         "ok = model(torch.tensor([[1]], device=dev))\nalso = model(torch.tensor([[1]]).to(dev))\nprobs = logits.softmax(-1)",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from course_lib.notebook import ParameterError, check_answer, check_param, run_check, show_params
-from course_lib.run_course import new_run_dir
+from course_lib.course.notebook import ParameterError, check_answer, check_param, run_check, show_params
+from course_lib.course.run_course import new_run_dir
 
 
 def test_check_param_messages():

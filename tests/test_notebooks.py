@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from course_lib.paths import NOTEBOOKS, REPO_ROOT
-from course_lib.run_course import declared_parameters, notebooks, resolve_params
+from course_lib.core.paths import NOTEBOOKS, REPO_ROOT
+from course_lib.course.run_course import declared_parameters, notebooks, resolve_params
 
 BOOKS = notebooks()
 CASES = REPO_ROOT / "tests" / "papermill"
@@ -81,11 +81,11 @@ def test_bad_parameter_stops_with_clear_message(tmp_path):
 def test_run_course_rejects_unknown_notebook_and_parameter(tmp_path):
     bad = tmp_path / "p.yaml"
     bad.write_text("99_nope:\n  seed: 1\n")
-    r = subprocess.run([sys.executable, "-m", "course_lib.run_course", "--params", str(bad), "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "course_lib.course.run_course", "--params", str(bad), "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown notebook '99_nope'" in r.stderr
     bad.write_text("00:\n  temprature: 1\n")
-    r = subprocess.run([sys.executable, "-m", "course_lib.run_course", "--params", str(bad), "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "course_lib.course.run_course", "--params", str(bad), "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "has no parameter(s) ['temprature']" in r.stderr
     assert list(tmp_path.iterdir()) == [bad]  # nothing ran, nothing written

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from course_lib.paths import NOTEBOOKS
-from course_lib.run_course import notebooks
+from course_lib.core.paths import NOTEBOOKS
+from course_lib.course.run_course import notebooks
 
 DEVICE = os.environ.get("COURSE_TEST_DEVICE")
 pytestmark = pytest.mark.skipif(not DEVICE, reason="set COURSE_TEST_DEVICE (make test-gpu does) to run notebooks on a device")

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from course_lib.paged_cache import (
+from course_lib.caches.paged_cache import (
     BlockManager,
     PagedKVCache,
     PoolExhausted,
@@ -17,7 +17,7 @@ from course_lib.paged_cache import (
     paged_forward,
     paged_slots,
 )
-from course_lib.tokenizer import get_encoding
+from course_lib.text.tokenizer import get_encoding
 
 PROMPTS = ["Sunbeam", "农夫山泉 Oat Crackers Honey, 12 pack, family size, gluten free", "伊利", "Crunchwell Oat"]
 

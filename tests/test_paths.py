@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from course_lib.checkpoints import CheckpointError, load_checkpoint
-from course_lib.paths import REPO_ROOT, TEXT_MODEL, display_path
+from course_lib.core.checkpoints import CheckpointError, load_checkpoint
+from course_lib.core.paths import REPO_ROOT, TEXT_MODEL, display_path
 
 
 def test_inside_the_repo_paths_are_repo_relative():

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.gpt import quantize as quantize_from_gpt
-from course_lib.quantize import (
+from course_lib.caches.quantize import (
     Int4Linear,
     Int8Linear,
     QuantizedEmbedding,
@@ -23,6 +22,7 @@ from course_lib.quantize import (
     unpack_int4,
     weight_bytes,
 )
+from course_lib.text.gpt import quantize as quantize_from_gpt
 
 
 def _w(n=48, k=64, seed=0) -> torch.Tensor:

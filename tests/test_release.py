@@ -11,8 +11,8 @@ import nbformat
 import pytest
 from instructor_fixtures import EXERCISES, EXPECTED_TAGS, SECRET, STEM, tiny_notebook
 
-from course_lib.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, check_code, detect, source, tagged
-from course_lib.release import course_notebooks, main, read_nb, stale_tags, student_copy, tag_notebooks
+from course_lib.course.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, check_code, detect, source, tagged
+from course_lib.course.release import course_notebooks, main, read_nb, stale_tags, student_copy, tag_notebooks
 
 BOOKS = course_notebooks()
 
@@ -58,7 +58,7 @@ def test_tagger_writes_nothing_when_a_notebook_breaks(tmp_path):
 def test_every_notebook_has_tagged_stub_check_and_solution(nb):
     """course_doctor-style: the stored tags are the convention's, and every exercise is complete."""
     data = read_nb(nb)
-    assert stale_tags(data, nb.name) == [], "run: python -m course_lib.release --tag-notebooks"
+    assert stale_tags(data, nb.name) == [], "run: python -m course_lib.course.release --tag-notebooks"
     _, exercises = detect(data["cells"], nb.name)  # raises, naming the cell, if an exercise lacks a part
     assert exercises, f"{nb.name} has no exercise"
     for ex in exercises:
@@ -139,5 +139,5 @@ def test_cli(tmp_path):
     assert out["metadata"]["inside_inference"]["release"] == "spring"
     for args, msg in [([], "give exactly one of"), (["--out", "x", "--tag-notebooks"], "give exactly one of"),
                       (["nope.ipynb", "--out", "x"], "notebook not found: nope.ipynb")]:
-        r = subprocess.run([sys.executable, "-m", "course_lib.release", *args], capture_output=True, text=True, cwd=tmp_path)
+        r = subprocess.run([sys.executable, "-m", "course_lib.course.release", *args], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr

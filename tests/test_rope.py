@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from course_lib.batching import pad_batch
-from course_lib.layers import apply_rope, position_ids_from_lengths, position_ids_from_mask, rope_angles
-from course_lib.rope import (
+from course_lib.core.layers import apply_rope, position_ids_from_lengths, position_ids_from_mask, rope_angles
+from course_lib.decoding.batching import pad_batch
+from course_lib.text.rope import (
     angle_error,
     apply_rope_interleaved,
     convert_qk_layout,
@@ -23,7 +23,7 @@ from course_lib.rope import (
     to_interleaved,
     window_mask,
 )
-from course_lib.tokenizer import get_encoding
+from course_lib.text.tokenizer import get_encoding
 
 
 # ------------------------------------------------------------------------------ layouts

@@ -7,12 +7,12 @@ import warnings
 import pytest
 import torch
 
-from course_lib.batching import read_prompts
-from course_lib.decode import encode_prompt
-from course_lib.quality import quality_and_diversity
-from course_lib.sampling import apply_repetition_penalty, check_sampling_args, filter_logits, sample_next
-from course_lib.tokenizer import get_encoding, show_token
-from course_lib.trace import format_trace, generate_with_trace
+from course_lib.decoding.batching import read_prompts
+from course_lib.decoding.decode import encode_prompt
+from course_lib.decoding.quality import quality_and_diversity
+from course_lib.decoding.sampling import apply_repetition_penalty, check_sampling_args, filter_logits, sample_next
+from course_lib.decoding.trace import format_trace, generate_with_trace
+from course_lib.text.tokenizer import get_encoding, show_token
 
 NEG = float("-inf")
 
@@ -212,7 +212,7 @@ def test_trace_records_steps_and_matches_generate(make_gpt):
 
 
 def test_trace_text_shows_pending_bytes():
-    from course_lib.trace import _visible_text
+    from course_lib.decoding.trace import _visible_text
     enc = get_encoding()
     ids = enc.encode("水鲜虾")
     full = _visible_text(enc, ids)
@@ -228,7 +228,7 @@ def test_quality_and_diversity():
 
 
 def test_inverse_cdf_draw_is_the_single_level_inverse_cdf():
-    from course_lib.sampling import inverse_cdf_draw
+    from course_lib.decoding.sampling import inverse_cdf_draw
     for V in (7, 64, 1000, 3000):
         for seed in range(10):
             p = torch.randn(5, V, generator=torch.Generator().manual_seed(seed)).mul(3).softmax(-1)
@@ -254,7 +254,7 @@ def test_both_draws_follow_the_distribution():
 def test_device_mixing_on_meta():
     """CPU context / prompt tensors meeting device logits (issue 15): the meta device fails on
     meta/CPU mixing just as CUDA/CPU mixing does, without needing a GPU."""
-    from course_lib.plots import temperature_probs
+    from course_lib.text.plots import temperature_probs
     logits = torch.empty(2, 50, device="meta")
     ctx = torch.tensor([[1, 2, 3], [4, 5, 5]])  # on the CPU, as a prompt built from enc.encode
     out = apply_repetition_penalty(logits, ctx, 1.3, context_mask=torch.ones(2, 3))
@@ -264,8 +264,8 @@ def test_device_mixing_on_meta():
 
 
 def test_line_rates_with_intervals():
-    from course_lib.corpus import generate_corpus
-    from course_lib.quality import line_rates
+    from course_lib.decoding.quality import line_rates
+    from course_lib.text.corpus import generate_corpus
     train = generate_corpus(3, 0, split="train")
     held = generate_corpus(2, 0, split="heldout")
     lines = train + held + ["not a listing", held[0]]

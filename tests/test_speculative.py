@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import speculative
-from course_lib.corpus import BRANDS
-from course_lib.draft import DraftGPT
-from course_lib.gpt import load_draft, speculative_generate
-from course_lib.speculative import accept_sampled, prompt_lookup_candidates, prompt_lookup_generate, verify_static
-from course_lib.static_cache import GraphCounter, StaticKVCache
-from course_lib.tokenizer import get_encoding
+from course_lib.caches.static_cache import GraphCounter, StaticKVCache
+from course_lib.decoding import speculative
+from course_lib.decoding.speculative import accept_sampled, prompt_lookup_candidates, prompt_lookup_generate, verify_static
+from course_lib.text.corpus import BRANDS
+from course_lib.text.draft import DraftGPT
+from course_lib.text.gpt import load_draft, speculative_generate
+from course_lib.text.tokenizer import get_encoding
 
 
 def _peaky(model, scale: float = 12.0):
@@ -180,7 +180,7 @@ def test_speculative_sampling_matches_target_distribution(make_gpt, drafter):
     draft = _peaky(make_gpt(seed=1, vocab_size=V, n_layer=1, block_size=16, dropout=0.0), 4.0)
     x = torch.tensor([[1, 2, 3, 1]])
     kw = dict(temperature=0.9, top_k=5)
-    from course_lib.sampling import SamplingSettings
+    from course_lib.decoding.sampling import SamplingSettings
     s = SamplingSettings(**kw)
     with torch.no_grad():
         p1 = s.filter(target(x)[0, -1]).softmax(-1)

@@ -1,11 +1,11 @@
-"""course_lib.speed: the step parts run, do the work they claim, and create tensors on the model's device."""
+"""course_lib.decoding.speed: the step parts run, do the work they claim, and create tensors on the model's device."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from course_lib.speed import batch_curve, random_context, step_costs, zero_layer_twin
+from course_lib.decoding.speed import batch_curve, random_context, step_costs, zero_layer_twin
 
 
 def test_zero_layer_twin_shares_head_and_is_embedding_norm_head(make_gpt):

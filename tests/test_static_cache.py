@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.batching import pad_batch
-from course_lib.static_cache import GraphCounter, StaticKVCache, compile_decode_step, forward_static, generate_static
-from course_lib.tokenizer import get_encoding
+from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step, forward_static, generate_static
+from course_lib.decoding.batching import pad_batch
+from course_lib.text.tokenizer import get_encoding
 
 
 @pytest.mark.parametrize("prompt_len", [1, 5, 12])
@@ -84,7 +84,7 @@ BRAND_PROMPTS = ["农夫山泉", "Sunbeam Instant Ramen", "元气", "Coca-Cola 3
 @pytest.fixture
 def counting_compile(monkeypatch):
     """generate_static(compile=...) with dynamo but no code generation: graphs counted per function."""
-    import course_lib.static_cache as sc
+    import course_lib.caches.static_cache as sc
     counters = {"decode": GraphCounter(), "prefill": GraphCounter()}
     monkeypatch.setattr(sc, "_COMPILED", {})
     real_compile = torch.compile
@@ -146,13 +146,13 @@ def test_compile_argument_is_checked(make_gpt):
 
 def test_greedy_fast_path_equals_filtered_argmax():
     """SamplingSettings.sample at temperature 0 skips filter(): same ids, ties included (first maximum)."""
-    from course_lib.sampling import SamplingSettings
+    from course_lib.decoding.sampling import SamplingSettings
     logits = torch.randn(16, 1000, generator=torch.Generator().manual_seed(0)).round(decimals=1)  # many ties
     s = SamplingSettings(0.0, top_k=5, top_p=0.9)
     assert torch.equal(s.sample(logits), s.filter(logits).argmax(-1, keepdim=True))
 
 
 def test_compile_mode_is_cuda_graphs_on_cuda_only():
-    from course_lib.static_cache import default_compile_mode
+    from course_lib.caches.static_cache import default_compile_mode
     assert default_compile_mode("cuda") == "reduce-overhead"
     assert default_compile_mode("cpu") is None and default_compile_mode(torch.device("mps")) is None

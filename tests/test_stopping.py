@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.batching import generate_batch
-from course_lib.decode import generate_ids
-from course_lib.stopping import StopCriteria, check_stopping_args, finished_text, safe_to_emit
-from course_lib.tokenizer import get_encoding
+from course_lib.decoding.batching import generate_batch
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.stopping import StopCriteria, check_stopping_args, finished_text, safe_to_emit
+from course_lib.text.tokenizer import get_encoding
 
 PROMPTS = ["农夫山泉", "Alpine Spring Sparkling Water", "三只松鼠 每日坚果 500g", "🙂"]
 

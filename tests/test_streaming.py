@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.decode import generate_ids
-from course_lib.streaming import TextStreamer, generate_stream
-from course_lib.tokenizer import get_encoding
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.streaming import TextStreamer, generate_stream
+from course_lib.text.tokenizer import get_encoding
 
 TEXTS = ["农夫山泉 东方树叶 茉莉花茶 500ml 瓶装 24瓶/箱", "鲜虾鱼板面 🙂😀👍🏽 family: 👨‍👩‍👧", "mixed 中文 and English, 威 ✓"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.timing import Timing, sync, time_fn
+from course_lib.core.timing import Timing, sync, time_fn
 
 
 def test_warmup_and_repeats_are_counted_and_result_kept():

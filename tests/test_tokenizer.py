@@ -1,6 +1,6 @@
 """The offline cl100k_base tokenizer: pinned ids, round trips, partial characters shown as bytes."""
 
-from course_lib.tokenizer import CL100K_VOCAB, get_encoding, show_token
+from course_lib.text.tokenizer import CL100K_VOCAB, get_encoding, show_token
 
 
 def test_real_cl100k_offline():

@@ -115,7 +115,7 @@ def test_vqvae_recipe_runs_under_bf16_autocast(tmp_path, monkeypatch):
 
 
 def test_common_lists_the_devices_pick_device_knows():
-    from course_lib.device import _VALID
+    from course_lib.core.device import _VALID
 
     assert set(common.DEVICES) == set(_VALID)
 

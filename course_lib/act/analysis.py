@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import ACTReasoner
+from course_lib.act.model import ACTReasoner
 
 
 @dataclass

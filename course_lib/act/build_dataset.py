@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import check_output_folder, current_umask
-from ..paths import display_path
+from course_lib.core.files import check_output_folder, current_umask
+from course_lib.core.paths import display_path
+
 from . import puzzles as P
 
 PERMS = list(itertools.permutations(range(1, P.SIDE + 1)))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError, common_prefix, load_checkpoint, load_weights, strip_prefix
-from ..paths import CHECKPOINTS, display_path
-from .model import DEFAULT_CONFIG, ACTReasoner
+from course_lib.act.model import DEFAULT_CONFIG, ACTReasoner
+from course_lib.core.checkpoints import CheckpointError, common_prefix, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.paths import CHECKPOINTS, display_path
 
 CONFIG_NAME = "all_config.json"
 SHIPPED = CHECKPOINTS / "act" / "step_8000"

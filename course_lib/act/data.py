@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..paths import display_path
+from course_lib.core.paths import display_path
+
 from . import puzzles as P
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "blanks")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .loss import ACTLossHead, compute_metrics
-from .model import ACTReasoner, InnerCarry
+from course_lib.act.loss import ACTLossHead, compute_metrics
+from course_lib.act.model import ACTReasoner, InnerCarry
 
 
 @torch.no_grad()

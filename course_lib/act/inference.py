@@ -40,18 +40,18 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError
-from ..device import pick_device
-from ..distributed import DistSetupError, init_from_env, launched_by_torchrun
-from ..distributed.gather import all_gather_object, gather_to_rank0, local_slice
-from ..distributed.process_group import DistInfo, shutdown
-from ..files import check_output_folder, claim_folder, claim_numbered_folder
-from ..paths import RUNS, display_path
-from .arc_evaluator import ARCEvaluator
-from .checkpoint import load_reasoner, step_of
-from .data import DataError, load_split
-from .halting import run_dynamic, run_forced
-from .loss import METRIC_NAMES, ACTLossHead
+from course_lib.act.arc_evaluator import ARCEvaluator
+from course_lib.act.checkpoint import load_reasoner, step_of
+from course_lib.act.data import DataError, load_split
+from course_lib.act.halting import run_dynamic, run_forced
+from course_lib.act.loss import METRIC_NAMES, ACTLossHead
+from course_lib.core.checkpoints import CheckpointError
+from course_lib.core.device import pick_device
+from course_lib.core.files import check_output_folder, claim_folder, claim_numbered_folder
+from course_lib.core.paths import RUNS, display_path
+from course_lib.distributed import DistSetupError, init_from_env, launched_by_torchrun
+from course_lib.distributed.gather import all_gather_object, gather_to_rank0, local_slice
+from course_lib.distributed.process_group import DistInfo, shutdown
 
 SAVE_KEYS = ("preds", "inputs", "labels", "puzzle_identifiers", "q_halt_logits", "q_continue_logits", "logits", "steps")
 BAR = "=" * 60

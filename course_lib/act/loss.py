@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import ACTReasoner, Carry
+from course_lib.act.model import ACTReasoner, Carry
 
 IGNORE_LABEL_ID = -100
 METRIC_NAMES = ("accuracy", "exact_accuracy", "q_halt_accuracy", "steps", "lm_loss", "q_halt_loss")

@@ -4,7 +4,7 @@ Read it in three layers, as in HRM / the Tiny Recursive Model:
 
 1. `ReasonerInner.forward` — ONE reasoning step. Two latent states, z_H (the slow, high level,
    whose read-out is the answer) and z_L (the fast, low level), are refined by the SAME kind of
-   block (`course_lib.layers.Block`, causal=False: every cell of the puzzle sees every other):
+   block (`course_lib.core.layers.Block`, causal=False: every cell of the puzzle sees every other):
    `H_cycles` × `L_cycles` low-level updates, then a high-level update. All of them run under
    `no_grad` except the very last L and H updates: the "one-step gradient", which makes a deep
    recurrence cost one step of memory and backward time.
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..layers import Block, RMSNorm, rope_angles
+from course_lib.core.layers import Block, RMSNorm, rope_angles
+
 from . import puzzles as P
 
 DEFAULT_CONFIG: dict = {

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from ..stats import wilson
-from .data import PuzzleSet
-from .halting import run_dynamic, run_forced
-from .loss import METRIC_NAMES, ACTLossHead
-from .model import ACTReasoner
+from course_lib.act.data import PuzzleSet
+from course_lib.act.halting import run_dynamic, run_forced
+from course_lib.act.loss import METRIC_NAMES, ACTLossHead
+from course_lib.act.model import ACTReasoner
+from course_lib.core.stats import wilson
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .analysis import Trace, replay
-from .plots import plot_threshold_curve
+from course_lib.act.analysis import Trace, replay
+from course_lib.act.plots import plot_threshold_curve
 
 
 def threshold_table(trace: Trace, threshold: float, max_steps: int) -> str:

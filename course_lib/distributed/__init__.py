@@ -10,6 +10,6 @@
     step_timing     ms per decode step, time in collectives, bytes per rank (benchmarks/distributed.py)
 """
 
-from .process_group import DistSetupError, init_from_env, launched_by_torchrun
+from course_lib.distributed.process_group import DistSetupError, init_from_env, launched_by_torchrun
 
 __all__ = ["DistSetupError", "init_from_env", "launched_by_torchrun"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .tp_layers import shard_range
+from course_lib.distributed.tp_layers import shard_range
 
 
 def local_slice(n: int, rank: int, world_size: int) -> slice:

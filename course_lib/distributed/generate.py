@@ -23,14 +23,22 @@ import time
 
 import torch
 
-from ..checkpoints import CheckpointError
-from ..decode import encode_prompt
-from ..gpt import load_gpt
-from ..sampling import check_sampling_args
-from ..tokenizer import get_encoding
-from .comm import Comm
-from .process_group import DEFAULT_TIMEOUT, DistSetupError, check_divides, check_env, init_from_env, shutdown, timeout_message
-from .tp_gpt import TPGPT, tp_generate
+from course_lib.core.checkpoints import CheckpointError
+from course_lib.decoding.decode import encode_prompt
+from course_lib.decoding.sampling import check_sampling_args
+from course_lib.distributed.comm import Comm
+from course_lib.distributed.process_group import (
+    DEFAULT_TIMEOUT,
+    DistSetupError,
+    check_divides,
+    check_env,
+    init_from_env,
+    shutdown,
+    timeout_message,
+)
+from course_lib.distributed.tp_gpt import TPGPT, tp_generate
+from course_lib.text.gpt import load_gpt
+from course_lib.text.tokenizer import get_encoding
 
 COMMAND = "-m course_lib.distributed.generate --prompt ... --max_new_tokens ..."
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 
-from ..paths import REPO_ROOT
+from course_lib.core.paths import REPO_ROOT
 
 
 def free_port() -> int:

@@ -21,12 +21,12 @@ import time
 
 import torch
 
-from ..gpt import load_gpt
-from .comm import Comm
-from .gather import all_gather_object
-from .launch import run_torchrun
-from .process_group import init_from_env, shutdown
-from .tp_gpt import TPGPT, weight_bytes
+from course_lib.distributed.comm import Comm
+from course_lib.distributed.gather import all_gather_object
+from course_lib.distributed.launch import run_torchrun
+from course_lib.distributed.process_group import init_from_env, shutdown
+from course_lib.distributed.tp_gpt import TPGPT, weight_bytes
+from course_lib.text.gpt import load_gpt
 
 PROMPT_IDS = [50, 4477, 3180, 5169, 220, 4103, 70, 18821]  # 8 token ids: only the shapes matter for speed
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..gpt import GPT
-from ..kv_cache import KVCache
-from ..layers import default_positions, rope_angles, run_blocks
-from ..sampling import SamplingSettings, check_sampling_args
-from .comm import Comm
-from .process_group import check_divides
-from .tp_layers import TPBlock, VocabParallelTable
+from course_lib.caches.kv_cache import KVCache
+from course_lib.core.layers import default_positions, rope_angles, run_blocks
+from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.distributed.comm import Comm
+from course_lib.distributed.process_group import check_divides
+from course_lib.distributed.tp_layers import TPBlock, VocabParallelTable
+from course_lib.text.gpt import GPT
 
 
 def local_max_pair(local: torch.Tensor, v0: int) -> torch.Tensor:

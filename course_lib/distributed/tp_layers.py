@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import Attention, Block, SwiGLU
-from .comm import Comm
+from course_lib.core.layers import Attention, Block, SwiGLU
+from course_lib.distributed.comm import Comm
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import get_entry, load_checkpoint, load_weights
-from .synth import ACTIONS
+from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights
+from course_lib.motion.synth import ACTIONS
 
 
 class ActionClassifier(nn.Module):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .features import joints_to_features
-from .synth import make_dataset
+from course_lib.motion.features import joints_to_features
+from course_lib.motion.synth import make_dataset
 
 TRAIN_SEED, HELDOUT_SEED = 7, 70707
 

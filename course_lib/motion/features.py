@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .skeleton import FEET, L_HIP, L_SHOULDER, N_JOINTS, R_HIP, R_SHOULDER
+from course_lib.motion.skeleton import FEET, L_HIP, L_SHOULDER, N_JOINTS, R_HIP, R_SHOULDER
 
 N_FEATS = 4 + (N_JOINTS - 1) * 3  # 67
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
-from ..decode import stop_check_interval
-from ..kv_cache import KVCache
-from ..layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
-from ..sampling import SamplingSettings
+from course_lib.caches.kv_cache import KVCache
+from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
+from course_lib.decoding.decode import stop_check_interval
+from course_lib.decoding.sampling import SamplingSettings
 
 # Course presets train on a laptop CPU; the seed's LLaMA sizes are listed as configs only.
 PRESETS = {

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import CheckpointError
-from ..device import pick_device
-from ..files import atomic_write, check_output_folder, claim_numbered_folder
-from ..paths import RUNS, display_path
-from .pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
-from .render import save_gif
+from course_lib.core.checkpoints import CheckpointError
+from course_lib.core.device import pick_device
+from course_lib.core.files import atomic_write, check_output_folder, claim_numbered_folder
+from course_lib.core.paths import RUNS, display_path
+from course_lib.motion.pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
+from course_lib.motion.render import save_gif
 
 MAX_CHARS = 200
 

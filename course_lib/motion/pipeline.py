@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..paths import CHECKPOINTS
-from .features import Normalizer, recover_from_ric
-from .gpt import MotionGPT, load_trans
-from .text_encoder import FrozenTextEncoder, load_text_encoder
-from .vqvae import VQVAE, load_vqvae
+from course_lib.core.paths import CHECKPOINTS
+from course_lib.motion.features import Normalizer, recover_from_ric
+from course_lib.motion.gpt import MotionGPT, load_trans
+from course_lib.motion.text_encoder import FrozenTextEncoder, load_text_encoder
+from course_lib.motion.vqvae import VQVAE, load_vqvae
 
 MOTION_DIR = CHECKPOINTS / "motion"
 VQ_PATH = MOTION_DIR / "vqvae.pth"

@@ -15,9 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..files import atomic_write_bytes
-from ..plots import use_course_font
-from .skeleton import KINEMATIC_CHAINS
+from course_lib.core.files import atomic_write_bytes
+from course_lib.motion.skeleton import KINEMATIC_CHAINS
+from course_lib.text.plots import use_course_font
 
 use_course_font()  # GIF titles may be Chinese prompts
 

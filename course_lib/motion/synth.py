@@ -13,8 +13,8 @@ import random
 
 import numpy as np
 
-from .captions import caption_for
-from .skeleton import FEET, N_JOINTS, flex, forward_kinematics, rot_x, rot_z
+from course_lib.motion.captions import caption_for
+from course_lib.motion.skeleton import FEET, N_JOINTS, flex, forward_kinematics, rot_x, rot_z
 
 FPS = 20
 MAX_FRAMES = 80   # 4 s; with 4 frames per code that is at most 20 motion tokens

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import get_entry, load_checkpoint, load_weights
-from ..layers import Block, RMSNorm, padding_mask, rope_angles
+from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights
+from course_lib.core.layers import Block, RMSNorm, padding_mask, rope_angles
 
 PAD_ID, UNK_ID = 0, 1
 MAX_WORDS = 16

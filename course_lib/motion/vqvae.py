@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
-from .features import N_FEATS, Normalizer
-from .quantizers import FSQ, QuantizeEMAReset
+from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
+from course_lib.motion.features import N_FEATS, Normalizer
+from course_lib.motion.quantizers import FSQ, QuantizeEMAReset
 
 # Seed 004's defaults (HumanML3D scale) and the course preset that trains on a laptop CPU.
 SEED_VQ_CONFIG = dict(nb_code=512, code_dim=512, output_emb_width=512, down_t=3, stride_t=2, width=512, depth=3,

@@ -10,8 +10,8 @@ import ipywidgets as widgets
 import torch
 from IPython.display import Image
 
-from .pipeline import MotionPipeline
-from .render import gif_bytes
+from course_lib.motion.pipeline import MotionPipeline
+from course_lib.motion.render import gif_bytes
 
 
 def motion_widget(pipe: MotionPipeline, prompt: str = "a person jumps twice", temperature: float = 1.0,

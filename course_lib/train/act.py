@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..act import puzzles as P
-from ..act.build_dataset import build, train_keys
-from ..act.data import load_split
-from ..act.loss import ACTLossHead
-from ..act.model import DEFAULT_CONFIG, ACTReasoner
-from ..act.split_metrics import evaluate_set, score_with_intervals
-from ..checkpoints import atomic_save, update_manifest, write_json_atomic
-from ..paths import CHECKPOINTS, RUNS, display_path
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
+from course_lib.act import puzzles as P
+from course_lib.act.build_dataset import build, train_keys
+from course_lib.act.data import load_split
+from course_lib.act.loss import ACTLossHead
+from course_lib.act.model import DEFAULT_CONFIG, ACTReasoner
+from course_lib.act.split_metrics import evaluate_set, score_with_intervals
+from course_lib.core.checkpoints import atomic_save, update_manifest, write_json_atomic
+from course_lib.core.paths import CHECKPOINTS, RUNS, display_path
+from course_lib.train.common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 
 TRAIN_SEED, UNSEEN_SEED = 0, 777
 ACT_DIR = CHECKPOINTS / "act"
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(config, args.out_dir / "all_config.json")
 
     # Measure on the weights as saved.
-    from ..act.checkpoint import load_reasoner
+    from course_lib.act.checkpoint import load_reasoner
     model = load_reasoner(ckpt, device)
     metrics = measure(model, data_dir, device)
     print(f"train time: {train_seconds:.0f}s  saved {display_path(ckpt)}")
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure_only(ckpt: Path, data_dir: Path, device, no_manifest: bool) -> int:
     """Re-score shipped weights on the held-out sets; keep the MANIFEST entry's other fields."""
-    from ..act.checkpoint import load_reasoner
-    from ..checkpoints import manifest_key, read_manifest
+    from course_lib.act.checkpoint import load_reasoner
+    from course_lib.core.checkpoints import manifest_key, read_manifest
     if not ckpt.exists():
         print(f"error: checkpoint not found: {display_path(ckpt)}; pass the --steps it was trained for", file=sys.stderr)
         return 2

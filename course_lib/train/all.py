@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .common import DEVICES, PRECISIONS
+from course_lib.train.common import DEVICES, PRECISIONS
 
 # Order matters where one model needs another (the motion transformer needs the VQ-VAE).
 RECIPES = ["text", "act", "motion_vqvae", "motion_classifier", "motion_trans"]

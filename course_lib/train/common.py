@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..device import pick_device, seed_everything
+from course_lib.core.device import pick_device, seed_everything
 
 DEVICES = ("cpu", "auto", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -1,6 +1,6 @@
 """Recipe for the speculative-decoding draft: `python -m course_lib.train.draft`.
 
-A 2-layer GPT (`course_lib.draft.DraftGPT`) over only the cl100k tokens the training split uses
+A 2-layer GPT (`course_lib.text.draft.DraftGPT`) over only the cl100k tokens the training split uses
 (plus one "other" row), trained on the same training-split stream as the text model. Two targets
 to learn from (`--distill`):
 
@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_save, half_state_dict, manifest_key, read_manifest, update_manifest
-from ..corpus import BRANDS, generate_corpus
-from ..draft import DraftGPT, load_draft
-from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
-from ..paths import DRAFT_MODEL, TEXT_MODEL, display_path
-from ..stats import fmt_rate, rate
-from ..tokenizer import get_encoding
-from .common import add_run_args, setup_run, warmup_cosine_lr
-from .text import EVAL_LINES, HELDOUT_SEED, TRAIN_SEED, batches, build_stream
+from course_lib.core.checkpoints import atomic_save, half_state_dict, manifest_key, read_manifest, update_manifest
+from course_lib.core.paths import DRAFT_MODEL, TEXT_MODEL, display_path
+from course_lib.core.stats import fmt_rate, rate
+from course_lib.text.corpus import BRANDS, generate_corpus
+from course_lib.text.draft import DraftGPT, load_draft
+from course_lib.text.gpt import DEFAULT_H_PARAMS, GPT, load_gpt
+from course_lib.text.tokenizer import get_encoding
+from course_lib.train.common import add_run_args, setup_run, warmup_cosine_lr
+from course_lib.train.text import EVAL_LINES, HELDOUT_SEED, TRAIN_SEED, batches, build_stream
 
 DRAFT_H_PARAMS = {"n_embd": 64, "n_layer": 2, "n_head": 4, "block_size": DEFAULT_H_PARAMS["block_size"],
                   "dropout": 0.0, "rope_theta": DEFAULT_H_PARAMS["rope_theta"]}

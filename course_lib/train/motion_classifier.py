@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_save, update_manifest
-from ..motion.classifier import ActionClassifier, load_classifier
-from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
-from ..motion.synth import ACTIONS
-from ..motion.vqvae import load_vqvae
-from ..paths import CHECKPOINTS, display_path
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
-from .motion_vqvae import VQ_PATH
+from course_lib.core.checkpoints import atomic_save, update_manifest
+from course_lib.core.paths import CHECKPOINTS, display_path
+from course_lib.motion.classifier import ActionClassifier, load_classifier
+from course_lib.motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
+from course_lib.motion.synth import ACTIONS
+from course_lib.motion.vqvae import load_vqvae
+from course_lib.train.common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
+from course_lib.train.motion_vqvae import VQ_PATH
 
 CLS_PATH = CHECKPOINTS / "motion" / "action_classifier.pt"
 

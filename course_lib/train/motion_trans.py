@@ -27,18 +27,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_save, manifest_key, read_manifest, update_manifest
-from ..motion.classifier import load_classifier
-from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
-from ..motion.gpt import Config, MotionGPT, save_trans
-from ..motion.pipeline import CLS_PATH, TEXT_PATH, TRANS_PATH, VQ_PATH, MotionPipeline, load_pipeline
-from ..motion.synth import ACTIONS, make_dataset
-from ..motion.text_encoder import TextEncoder, WordTokenizer
-from ..motion.vqvae import load_vqvae
-from ..paths import display_path
-from ..stats import wilson
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
-from .motion_classifier import per_action_accuracy
+from course_lib.core.checkpoints import atomic_save, manifest_key, read_manifest, update_manifest
+from course_lib.core.paths import display_path
+from course_lib.core.stats import wilson
+from course_lib.motion.classifier import load_classifier
+from course_lib.motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features
+from course_lib.motion.gpt import Config, MotionGPT, save_trans
+from course_lib.motion.pipeline import CLS_PATH, TEXT_PATH, TRANS_PATH, VQ_PATH, MotionPipeline, load_pipeline
+from course_lib.motion.synth import ACTIONS, make_dataset
+from course_lib.motion.text_encoder import TextEncoder, WordTokenizer
+from course_lib.motion.vqvae import load_vqvae
+from course_lib.train.common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
+from course_lib.train.motion_classifier import per_action_accuracy
 
 TEXT_CONFIG = {"clip_dim": 64, "n_layer": 2, "n_head": 4, "dropout": 0.0}
 EVAL_TEMPERATURES = (0.7, 1.0, 2.0, 3.0)

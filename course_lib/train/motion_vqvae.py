@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import atomic_save, update_manifest
-from ..motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features, random_windows
-from ..motion.features import Normalizer, recover_from_ric
-from ..motion.skeleton import body_height
-from ..motion.vqvae import COURSE_VQ_CONFIG, VQVAE, load_vqvae
-from ..paths import CHECKPOINTS, display_path
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
+from course_lib.core.checkpoints import atomic_save, update_manifest
+from course_lib.core.paths import CHECKPOINTS, display_path
+from course_lib.motion.data import HELDOUT_SEED, TRAIN_SEED, clip_features, random_windows
+from course_lib.motion.features import Normalizer, recover_from_ric
+from course_lib.motion.skeleton import body_height
+from course_lib.motion.vqvae import COURSE_VQ_CONFIG, VQVAE, load_vqvae
+from course_lib.train.common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast
 
 VQ_PATH = CHECKPOINTS / "motion" / "vqvae.pth"
 

@@ -1,6 +1,6 @@
 """Recipe for the shipped text model: `python -m course_lib.train.text`.
 
-Trains the GPT of `course_lib.gpt` on training-split product listings (`corpus.split_of`)
+Trains the GPT of `course_lib.text.gpt` on training-split product listings (`corpus.split_of`)
 tokenized with cl100k_base, then measures what it learned on the saved (fp16-rounded) weights:
 
 - loss on held-out-split lines (never in any training stream, by construction) next to the
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import atomic_save, half_state_dict, manifest_key, read_manifest, update_manifest
-from ..corpus import BRANDS, HELDOUT_PERCENT, generate_corpus, grammar_size, is_well_formed, split_of
-from ..gpt import DEFAULT_H_PARAMS, GPT, load_gpt
-from ..paths import TEXT_MODEL, display_path
-from ..stats import fmt_rate, rate
-from ..tokenizer import get_encoding
-from .common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast, warmup_cosine_lr
+from course_lib.core.checkpoints import atomic_save, half_state_dict, manifest_key, read_manifest, update_manifest
+from course_lib.core.paths import TEXT_MODEL, display_path
+from course_lib.core.stats import fmt_rate, rate
+from course_lib.text.corpus import BRANDS, HELDOUT_PERCENT, generate_corpus, grammar_size, is_well_formed, split_of
+from course_lib.text.gpt import DEFAULT_H_PARAMS, GPT, load_gpt
+from course_lib.text.tokenizer import get_encoding
+from course_lib.train.common import add_run_args, autocast_dtype, run_record, setup_run, train_autocast, warmup_cosine_lr
 
 TRAIN_SEED, HELDOUT_SEED, SAMPLE_SEED = 1234, 98765, 0
 EVAL_LINES = 2000

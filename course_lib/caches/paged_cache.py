@@ -1,0 +1,351 @@
+"""A paged KV cache (vLLM's PagedAttention design, seed 002's `block_mgr`), readable rather than fast.
+
+A contiguous cache (chapter 03) reserves `max_len` slots for every sequence of a batch up front. With
+sequences of very different lengths most of those slots are never written. A paged cache cuts memory
+into fixed-size **blocks** of `block_size` token slots and hands them out as a sequence grows:
+
+- one **pool** of blocks per layer for keys and for values, allocated once: (n_blocks, block_size, H_kv, d);
+- a **free list** of unused blocks;
+- per sequence a **block table**: its i-th block holds its tokens i·block_size .. (i+1)·block_size - 1;
+- the **slot mapping**: token position p of a sequence lives at slot table[p // block_size] · block_size
+  + p % block_size of the pool (a block number and an offset, flattened);
+- **reference counts**, so requests with the same prompt share the prompt's blocks (`fork`); a shared block
+  that is only partly filled is copied before a sequence writes into it (**copy-on-write**).
+
+`BlockManager` is the bookkeeping (plain Python, no tensors). `PagedKVCache` owns the pool tensors and a
+manager; `cache.step(seq_ids, T)` reserves T slots per sequence and returns the object the model's
+forward pass talks to (`layer(i).update(k, v)`, as every cache in the course), with positions and a mask.
+Attention gathers each sequence's blocks back into token order, so it is token-exact with the
+contiguous cache; a real kernel (vLLM's) reads the blocks in place instead of gathering them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable, Sequence
+
+import torch
+
+from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+
+SeqId = Hashable
+
+
+class PoolExhausted(RuntimeError):
+    """No free block is left for a sequence that needs one."""
+
+
+# --------------------------------------------------------------------------- bookkeeping
+class BlockManager:
+    """Block tables, a free list and reference counts for a pool of `n_blocks` blocks of `block_size` slots."""
+
+    def __init__(self, n_blocks: int, block_size: int):
+        for name, v in [("n_blocks", n_blocks), ("block_size", block_size)]:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.n_blocks, self.block_size = n_blocks, block_size
+        self.free_blocks: deque[int] = deque(range(n_blocks))  # lowest numbers first: worked examples stay readable
+        self.ref = [0] * n_blocks                              # how many sequences use each block
+        self.tables: dict[SeqId, list[int]] = {}
+        self.lengths: dict[SeqId, int] = {}                    # tokens stored per sequence
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_blocks)
+
+    @property
+    def num_used(self) -> int:
+        return self.n_blocks - len(self.free_blocks)
+
+    def add(self, seq: SeqId) -> None:
+        """Register a new, empty sequence (it owns no block until it stores a token)."""
+        if seq in self.tables:
+            raise ValueError(f"sequence {seq!r} is already in the cache; free({seq!r}) it or clear_cache() first")
+        self.tables[seq], self.lengths[seq] = [], 0
+
+    def fork(self, parent: SeqId, child: SeqId) -> None:
+        """The child starts as a copy of the parent that shares every block (reference counts, no data copied)."""
+        self._check(parent)
+        self.add(child)
+        self.tables[child], self.lengths[child] = list(self.tables[parent]), self.lengths[parent]
+        for b in self.tables[child]:
+            self.ref[b] += 1
+
+    def append(self, seq: SeqId, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Reserve slots for n more tokens of `seq`.
+
+        Returns (slots, copies): the pool slot of each new token, and the (source, destination) blocks
+        whose contents the caller must copy first (copy-on-write of a shared, partly filled last block).
+        All or nothing: if the pool runs out, nothing is reserved and PoolExhausted names the fix.
+        """
+        self._check(seq)
+        snapshot = (deque(self.free_blocks), list(self.ref), list(self.tables[seq]), self.lengths[seq])
+        try:
+            return self._append(seq, n)
+        except PoolExhausted:
+            self.free_blocks, self.ref, self.tables[seq], self.lengths[seq] = snapshot
+            raise
+
+    def _append(self, seq: SeqId, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+        table, start, bs = self.tables[seq], self.lengths[seq], self.block_size
+        copies = []
+        if n and start % bs and self.ref[table[-1]] > 1:  # writing into a block another sequence still reads
+            old = table[-1]
+            table[-1] = self._allocate(seq, start)
+            self.ref[old] -= 1
+            copies.append((old, table[-1]))
+        while len(table) * bs < start + n:
+            table.append(self._allocate(seq, len(table) * bs))
+        self.lengths[seq] = start + n
+        return [self.slot(seq, p) for p in range(start, start + n)], copies
+
+    def _allocate(self, seq: SeqId, position: int) -> int:
+        if not self.free_blocks:
+            raise PoolExhausted(f"KV block pool exhausted: sequence {seq!r} needs a block for token {position} and all "
+                                f"{self.n_blocks} blocks of {self.block_size} slots are in use; free() finished "
+                                f"sequences or build the cache with more blocks (n_blocks > {self.n_blocks})")
+        block = self.free_blocks.popleft()
+        self.ref[block] = 1
+        return block
+
+    def slot(self, seq: SeqId, position: int) -> int:
+        """Where token `position` of `seq` lives: block table[position // block_size], offset position % block_size."""
+        block, offset = divmod(position, self.block_size)
+        return self.tables[seq][block] * self.block_size + offset
+
+    def slot_mapping(self, seq: SeqId) -> list[int]:
+        """The slot of every stored token of `seq`, in token order (what attention gathers)."""
+        self._check(seq)
+        return [self.slot(seq, p) for p in range(self.lengths[seq])]
+
+    def free(self, seq: SeqId) -> None:
+        """Forget a finished sequence; each block goes back to the free list when no other sequence uses it."""
+        self._check(seq)
+        for b in self.tables.pop(seq):
+            self.ref[b] -= 1
+            if self.ref[b] == 0:
+                self.free_blocks.append(b)
+        del self.lengths[seq]
+
+    def clear_cache(self) -> None:
+        """Forget every sequence and return every block (seed 002's `block_mgr.clear_cache()`)."""
+        for seq in list(self.tables):
+            self.free(seq)
+
+    def describe(self, seq: SeqId) -> str:
+        """One line per block of `seq`: which tokens it holds, how full it is, who shares it."""
+        self._check(seq)
+        lines, n, bs = [f"sequence {seq!r}: {self.lengths[seq]} tokens, block table {self.tables[seq]}"], self.lengths[seq], self.block_size
+        for i, b in enumerate(self.tables[seq]):
+            first, last = i * bs, min(n, (i + 1) * bs) - 1
+            shared = f", shared by {self.ref[b]} sequences" if self.ref[b] > 1 else ""
+            lines.append(f"  block {b:>3}: tokens {first:>3}..{last:<3} slots {b * bs}..{b * bs + last - first} "
+                         f"({last - first + 1}/{bs} full{shared})")
+        return "\n".join(lines)
+
+    def pool_picture(self) -> str:
+        """The pool block by block: '#' a filled slot, '.' an empty one, and which sequences hold the block
+        (as "name[i]": its i-th block). Free blocks are listed at the end."""
+        owners: dict[int, list[str]] = {}
+        filled: dict[int, int] = {}
+        for seq, table in self.tables.items():
+            for i, b in enumerate(table):
+                owners.setdefault(b, []).append(f"{seq}[{i}]")
+                filled[b] = max(filled.get(b, 0), min(self.block_size, self.lengths[seq] - i * self.block_size))
+        lines = [f"block {b:>3} |{'#' * filled[b]}{'.' * (self.block_size - filled[b])}| {', '.join(owners[b])}"
+                 for b in sorted(owners)]
+        return "\n".join(lines + [f"free: {sorted(self.free_blocks)}"])
+
+    def _check(self, seq: SeqId) -> None:
+        if seq not in self.tables:
+            raise KeyError(f"sequence {seq!r} is not in the cache (known: {list(self.tables)}); add({seq!r}) it first")
+
+
+# ------------------------------------------------------------------------------- tensors
+class PagedKVCache:
+    """The pool tensors of every layer plus a `BlockManager`; `step()` is what a forward pass uses."""
+
+    def __init__(self, n_layer: int, n_kv_head: int, head_dim: int, n_blocks: int, block_size: int = 16,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        self.manager = BlockManager(n_blocks, block_size)
+        shape = (n_layer, n_blocks, block_size, n_kv_head, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.n_kv_head, self.head_dim, self.block_size = n_kv_head, head_dim, block_size
+
+    @classmethod
+    def for_model(cls, model, n_blocks: int, block_size: int = 16) -> PagedKVCache:
+        """A pool shaped for `model` (a GPT): its layers, kv heads, head size, device and dtype."""
+        return cls(model.h_params["n_layer"], model.n_kv_head, model.head_dim, n_blocks, block_size,
+                   device=model.device, dtype=model.tok_emb.weight.dtype)
+
+    @property
+    def block_bytes(self) -> int:
+        """Keys + values of one block across all layers."""
+        return 2 * self.k[:, 0].numel() * self.k.element_size()
+
+    def bytes_in_use(self) -> int:
+        return self.manager.num_used * self.block_bytes
+
+    def add(self, seq: SeqId) -> None:
+        self.manager.add(seq)
+
+    def fork(self, parent: SeqId, child: SeqId) -> None:
+        self.manager.fork(parent, child)
+
+    def free(self, seq: SeqId) -> None:
+        self.manager.free(seq)
+
+    def clear_cache(self) -> None:
+        self.manager.clear_cache()
+
+    def step(self, seq_ids: Sequence[SeqId], n_new: int) -> PagedStep:
+        """Reserve n_new slots for each sequence (one row of the batch each) and return the step's view.
+
+        All or nothing: if the pool runs out for one sequence, the sequences already reserved in this
+        step are rolled back too, so a caller can free something and retry.
+        """
+        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+            raise ValueError(f"n_new must be an int >= 1 (tokens per sequence this step), got {n_new!r}")
+        if len(set(seq_ids)) != len(seq_ids) or not seq_ids:
+            raise ValueError(f"seq_ids must name each sequence once (one row each), got {list(seq_ids)}")
+        manager, done, slots, starts = self.manager, [], [], []
+        try:
+            for seq in seq_ids:
+                start = manager.lengths.get(seq, 0)
+                new_slots, copies = manager.append(seq, n_new)
+                done.append(seq)
+                starts.append(start)
+                for src, dst in copies:  # copy-on-write: every layer's keys and values of the shared block
+                    self.k[:, dst] = self.k[:, src]
+                    self.v[:, dst] = self.v[:, src]
+                slots.append(new_slots)
+        except PoolExhausted:
+            for seq, start in zip(done, starts, strict=True):
+                self._truncate(seq, start)
+            raise
+        return PagedStep(self, seq_ids, starts, slots)
+
+    def _truncate(self, seq: SeqId, length: int) -> None:
+        """Undo a reservation: drop the blocks past `length` tokens (used only to roll back a failed step)."""
+        m = self.manager
+        keep = math.ceil(length / self.block_size)
+        for b in m.tables[seq][keep:]:
+            m.ref[b] -= 1
+            if m.ref[b] == 0:
+                m.free_blocks.appendleft(b)
+        del m.tables[seq][keep:]
+        m.lengths[seq] = length
+
+
+class PagedStep:
+    """One forward step over a batch of sequences: the `layers.run_blocks` protocol plus positions and mask.
+
+    Row b holds sequence seq_ids[b], which had starts[b] tokens before this step and writes T new ones.
+    """
+
+    def __init__(self, cache: PagedKVCache, seq_ids: Sequence[SeqId], starts: list[int], slots: list[list[int]]):
+        dev, m = cache.k.device, cache.manager
+        self.cache, T = cache, len(slots[0])
+        self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev).view(len(seq_ids), T)  # (B, T)
+        lengths = [m.lengths[s] for s in seq_ids]
+        L = max(lengths)
+        # Every row's stored tokens in order, padded to the longest with slot 0 (masked, never attended).
+        self.gather = torch.tensor([m.slot_mapping(s) + [0] * (L - n) for s, n in zip(seq_ids, lengths, strict=True)],
+                                   dtype=torch.long, device=dev)                                  # (B, L)
+        start = torch.tensor(starts, dtype=torch.long, device=dev)[:, None]
+        self.positions = start + torch.arange(T, device=dev)[None]                                # (B, T)
+        # Query t of row b sits at position starts[b] + t and may attend every key up to it (causal).
+        self.mask = (torch.arange(L, device=dev)[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, L)
+
+    def layer(self, i: int) -> _PagedLayer:
+        return _PagedLayer(self, i)
+
+    def advance(self, t: int) -> None:
+        """Nothing to count: `PagedKVCache.step` already reserved the slots in the block manager."""
+
+
+class _PagedLayer:
+    def __init__(self, step: PagedStep, index: int):
+        self.step, self.index = step, index
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, T, d) at their slots; return each row's keys and values in token order (B, H_kv, L, d)."""
+        s, c = self.step, self.step.cache
+        B, H, T, d = k.shape
+        out = []
+        for pool, new in ((c.k[self.index], k), (c.v[self.index], v)):
+            flat = pool.view(-1, H, d)                                    # (n_blocks · block_size, H_kv, d), a view
+            flat[s.slot_mapping.reshape(-1)] = new.transpose(1, 2).reshape(B * T, H, d)
+            out.append(flat[s.gather].transpose(1, 2))                    # (B, H_kv, L, d)
+        return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- decoding
+@torch.no_grad()
+def paged_forward(model, cache: PagedKVCache, seq_ids: Sequence[SeqId], ids: torch.Tensor) -> torch.Tensor:
+    """Run ids (B, T) as the next T tokens of sequences seq_ids (one per row); return last-position logits (B, vocab)."""
+    if ids.shape[0] != len(seq_ids):
+        raise ValueError(f"ids has {ids.shape[0]} rows but {len(seq_ids)} sequence ids were given; one id per row")
+    step = cache.step(seq_ids, ids.shape[1])
+    h = model._run(ids, step.positions, step.mask, step)  # the model's one forward path, as with every cache
+    return model.lm_head(h[:, -1])
+
+
+@torch.no_grad()
+def generate_paged(model, cache: PagedKVCache, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, *,
+                   prefix: Sequence[int] = (), generator: torch.Generator | None = None,
+                   free: bool = True) -> list[list[int]]:
+    """New tokens for each request prefix + prompts[i] (token ids; prompts may differ in length); temperature=0 is greedy.
+
+    A non-empty `prefix` (e.g. a brand prompt every request shares) is run once and its blocks are
+    shared by every request (`fork`). Each request's own tokens are then run alone (no padding) and
+    all requests decode together, one token per row per step. free=False keeps the sequences (ids
+    0..n-1, the prefix "prefix") in the cache so its blocks can be inspected; free them afterwards.
+    """
+    settings = SamplingSettings(temperature, top_k, top_p)
+    check_sampling_args(max_new_tokens=max_new_tokens)
+    if not prompts or (any(len(p) == 0 for p in prompts) and not prefix):
+        raise ValueError("give at least one request, each with at least one token (in its prompt or in prefix)")
+    dev, seqs = model.device, list(range(len(prompts)))
+    as_ids = lambda toks: torch.tensor([list(toks)], dtype=torch.long, device=dev)  # noqa: E731
+    added: list[SeqId] = []  # what this call put in the cache (and frees again)
+    try:
+        prefix_logits = None
+        if prefix:
+            cache.add("prefix")
+            added.append("prefix")
+            prefix_logits = paged_forward(model, cache, ["prefix"], as_ids(prefix))
+        logits = []
+        for seq, prompt in zip(seqs, prompts, strict=True):  # prefill: each request alone, at its own length
+            cache.fork("prefix", seq) if prefix else cache.add(seq)
+            added.append(seq)
+            logits.append(paged_forward(model, cache, [seq], as_ids(prompt)) if len(prompt) else prefix_logits)
+        logits = torch.cat(logits)                                       # (n, vocab)
+        out: list[list[int]] = [[] for _ in seqs]
+        for i in range(max_new_tokens):
+            nxt = settings.sample(logits, generator)                     # (n, 1)
+            for row, t in zip(out, nxt[:, 0].tolist(), strict=True):
+                row.append(t)
+            if i + 1 < max_new_tokens:
+                logits = paged_forward(model, cache, seqs, nxt)          # decode: every request, one token each
+    except Exception:
+        free = True  # never leave a failed request's blocks behind
+        raise
+    finally:
+        if free:
+            for seq in added:
+                cache.free(seq)
+    return out
+
+
+def contiguous_slots(lengths: Sequence[int], max_len: int | None = None) -> int:
+    """Slots a contiguous cache reserves for a batch: every row gets the longest row's length (or max_len)."""
+    return len(lengths) * (max(lengths) if max_len is None else max_len)
+
+
+def paged_slots(lengths: Sequence[int], block_size: int) -> int:
+    """Slots a paged cache hands out for the same batch: whole blocks, at most block_size - 1 unused per sequence."""
+    return sum(math.ceil(n / block_size) * block_size for n in lengths)

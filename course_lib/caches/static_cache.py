@@ -1,0 +1,306 @@
+"""A static KV cache (the gpt-fast design): one compiled graph serves every decode step.
+
+Chapter 03's `KVCache` is easy to read but returns a slice that grows by one token per step and
+builds its mask from a Python int (`cache.length`). A compiler sees a new shape and a new constant
+every step, so `torch.compile` recompiles (chapter 06 counts it). Here nothing changes shape:
+
+- the buffers are (n_layer, B, n_head, max_len, head_dim) and attention always reads all of them;
+- the slots to write are a tensor `input_pos` (T,), written with `index_copy_`;
+- the mask is a row of a fixed (max_len, max_len) causal table picked by `input_pos`, so slots
+  not yet written (zeros, or a previous prompt's keys) are never attended;
+- left padding lives in two tensors too: `valid` (B, max_len) and `pad` (B, 1), the number of
+  pad slots per row, so each row's rotary position is `slot - pad` (chapter 03's cumsum - 1).
+
+`forward_static(model, cache, ids, input_pos)` runs the model's one forward path (`GPT._run`)
+against this cache; `generate_static` is the greedy/sampling loop; `compile_decode_step` gives a
+`torch.compile`d decode step that dynamo traces once.
+
+`generate_static(..., compile=True)` is gpt-fast's recipe in one call: the decode step compiled
+whole (fullgraph, static shapes; `mode="reduce-overhead"` = CUDA graphs on CUDA), the prefill
+compiled separately at a few bucketed prompt lengths (a prompt is left-padded up to its bucket, so
+a new prompt length does not mean a new graph), and caches of a few bucketed lengths reused per
+model (fixed addresses, which CUDA graphs replay against).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+
+StepFn = Callable[..., torch.Tensor]
+
+
+class StaticKVCache(nn.Module):
+    """Fixed-size key/value buffers for a batch; positions come in as a tensor, never a Python int.
+
+    An nn.Module with (non-persistent) buffers, as in gpt-fast, so `.to(device)` moves it and
+    `torch.export` treats the in-place writes as buffer mutations of one graph.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        # row s of the causal table: the slots <= s
+        self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril(), persistent=False)
+        # valid[b, s] is False at a left-padding slot; pad[b] counts them
+        self.register_buffer("valid", torch.ones(batch_size, max_len, dtype=torch.bool, device=device), persistent=False)
+        self.register_buffer("pad", torch.zeros(batch_size, 1, dtype=torch.long, device=device), persistent=False)
+        self.max_len, self.batch_size, self.n_layer = max_len, batch_size, n_layer
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> StaticKVCache:
+        """A cache shaped for `model` (a GPT); max_len defaults to its block_size."""
+        hp = model.h_params
+        return cls(hp["n_layer"], batch_size, hp.get("n_kv_head") or hp["n_head"], model.head_dim,
+                   max_len or model.block_size, device=model.device, dtype=model.tok_emb.weight.dtype)
+
+    def set_padding(self, attention_mask: torch.Tensor | None) -> None:
+        """Before a prefill: mark left-padding slots (attention_mask (B, T), 1 = real token) as never attended."""
+        self.valid.fill_(True)
+        self.pad.zero_()
+        if attention_mask is not None:
+            T = attention_mask.shape[1]
+            self.valid[:, :T] = attention_mask.bool()
+            self.pad.copy_((attention_mask == 0).sum(-1, keepdim=True))
+
+    def positions(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """Rotary positions (B, T) of the tokens written at slots input_pos (T,): slot minus the row's padding."""
+        return (input_pos[None, :] - self.pad).clamp(min=0)
+
+    def mask(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """Boolean (B, 1, T, max_len), True = may attend: causal up to the slot, never a pad slot,
+        except that a padded query sees itself (a row of all False would make softmax NaN)."""
+        causal = self.causal[input_pos]                                                   # (T, max_len)
+        own = torch.arange(self.max_len, device=input_pos.device)[None, :] == input_pos[:, None]
+        return (causal[None] & (self.valid[:, None, :] | own[None]))[:, None]
+
+    def reset(self) -> None:
+        """Forget the previous sequence (zero the buffers, no padding). Not needed for correctness between
+        prompts (the mask hides every slot not yet written), but it is what `clear_cache()` means."""
+        self.k.zero_()
+        self.v.zero_()
+        self.set_padding(None)
+
+    def at(self, input_pos: torch.Tensor) -> _StepView:
+        """The object `layers.run_blocks` talks to for one step writing at `input_pos`."""
+        return _StepView(self, input_pos)
+
+
+class _StepView:
+    """`layers.run_blocks` protocol: `layer(i).update(k, v)` and `advance(T)`, for one step."""
+
+    def __init__(self, cache: StaticKVCache, input_pos: torch.Tensor):
+        self.cache, self.input_pos = cache, input_pos
+
+    def layer(self, i: int) -> _LayerWrite:
+        return _LayerWrite(self.cache, i, self.input_pos)
+
+    def advance(self, t: int) -> None:
+        """Nothing to count: the caller owns the position tensor (a Python counter here would be a new constant every step)."""
+
+
+class _LayerWrite:
+    def __init__(self, cache: StaticKVCache, index: int, input_pos: torch.Tensor):
+        self.cache, self.index, self.input_pos = cache, index, input_pos
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H, T, d) at slots input_pos; return the whole buffers (B, H, max_len, d)."""
+        k_all, v_all = self.cache.k[self.index], self.cache.v[self.index]
+        k_all.index_copy_(2, self.input_pos, k)
+        v_all.index_copy_(2, self.input_pos, v)
+        return k_all, v_all
+
+
+def forward_static(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """Run ids (B, T) written at slots input_pos (T,) through the model; return last-position logits (B, vocab).
+
+    Used for the prefill (T = prompt length, input_pos = arange(T)) and for each decode step (T = 1).
+    Every shape depends only on B, T and max_len, so with T = 1 one graph fits every step.
+    """
+    h = model._run(ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos))
+    return model.lm_head(h[:, -1, :])
+
+
+class StaticStep(nn.Module):
+    """`forward_static` as a module holding the model and the cache, for `torch.jit.trace` / `torch.export`
+    (the cache writes become buffer mutations). No branch: the same code path is right for any T."""
+
+    def __init__(self, model: nn.Module, cache: StaticKVCache):
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def forward(self, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        return forward_static(self.model, self.cache, ids, input_pos)
+
+
+def bucket_length(n: int, buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)) -> int:
+    """The smallest bucket >= n: padding prompts to a few lengths bounds the number of compiled graphs."""
+    for b in sorted(buckets):
+        if b >= n:
+            return b
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; add a larger bucket")
+
+
+def pad_left(idx: torch.Tensor, length: int, attention_mask: torch.Tensor | None = None,
+             pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad idx (B, T) to (B, length); returns (ids, attention_mask) with 0 at the new pad slots."""
+    B, T = idx.shape
+    mask = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.device).long()
+    if length < T:
+        raise ValueError(f"cannot pad {T} tokens to a shorter length {length}")
+    ids = torch.cat([idx.new_full((B, length - T), pad_id), idx], dim=1)
+    return ids, torch.cat([mask.new_zeros((B, length - T)), mask], dim=1)
+
+
+def compile_decode_step(backend: str | Callable = "inductor", **compile_kwargs) -> StepFn:
+    """`forward_static` compiled for decode steps: fullgraph (a graph break is an error) and static shapes.
+
+    backend="inductor" generates fused C++/Triton code; a custom backend (a callable) lets tests count
+    graphs without paying for code generation.
+    """
+    return torch.compile(forward_static, backend=backend, fullgraph=True, dynamic=False, **compile_kwargs)
+
+
+# Prompt lengths the compiled prefill is traced at, and cache lengths (attention reads every slot of the
+# cache, so a 128-token job should not pay for 512 slots): about x1.5 apart, so padding wastes < 50%.
+BUCKETS = (16, 32, 64, 96, 128, 192, 256, 384, 512)
+COMPILE_MODES = (False, True, "decode")
+
+
+def default_compile_mode(device: torch.device | str) -> str | None:
+    """The torch.compile mode for the decode step: CUDA graphs on CUDA (one launch per step instead of
+    one per kernel); inductor's default elsewhere (on this course's CPU "max-autotune-no-cudagraphs"
+    was not faster than the default in our measurement, see benchmarks/README.md)."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else None
+
+
+def _decode_fn(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """`forward_static` under its own code object: dynamo keeps its graphs per code object, so the decode
+    graphs and the prefill graphs (`_prefill_fn`) never count against each other's recompile limit."""
+    return forward_static(model, cache, ids, input_pos)
+
+
+def _prefill_fn(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    return forward_static(model, cache, ids, input_pos)
+
+
+_COMPILED: dict[tuple[str, str | None], StepFn] = {}
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(B, max_len): StaticKVCache}
+
+
+def compiled_steps(device: torch.device | str, mode: str | None = "auto") -> tuple[StepFn, StepFn]:
+    """(decode step, prefill) compiled with inductor, built once per mode and shared by every call.
+
+    Both are fullgraph with static shapes: one decode graph per (batch, cache length), one prefill graph
+    per (batch, bucket, cache length). The prefill never uses CUDA graphs (it runs once per prompt).
+    """
+    mode = default_compile_mode(device) if mode == "auto" else mode
+    if ("decode", mode) not in _COMPILED:
+        _COMPILED["decode", mode] = torch.compile(_decode_fn, fullgraph=True, dynamic=False, mode=mode)
+        _COMPILED["prefill", mode] = torch.compile(_prefill_fn, fullgraph=True, dynamic=False)
+    return _COMPILED["decode", mode], _COMPILED["prefill", mode]
+
+
+def reused_cache(model, batch_size: int, max_len: int) -> StaticKVCache:
+    """One cache per (model, batch size, length), kept while the model lives: the same buffers every call."""
+    per_model = _CACHES.setdefault(model, {})
+    key = (batch_size, max_len, model.device, model.tok_emb.weight.dtype)
+    if key not in per_model:
+        per_model[key] = StaticKVCache.for_model(model, batch_size, max_len)
+    return per_model[key]
+
+
+def _bucket_or_none(n: int, limit: int) -> int | None:
+    return next((b for b in BUCKETS if n <= b <= limit), None)
+
+
+@torch.no_grad()
+def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                    top_p: float | None = None, *, generator: torch.Generator | None = None,
+                    attention_mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
+                    step: StepFn = forward_static, prefill: StepFn = forward_static,
+                    compile: bool | str = False, mode: str | None = "auto") -> torch.Tensor:
+    """Append max_new_tokens tokens to idx (B, T) using a static cache; temperature=0 is greedy.
+
+    `step` runs each decode step (pass `compile_decode_step()` to compile it); `prefill` runs the
+    prompt (eager by default: its shape changes with every prompt length). The cache's max_len
+    must hold T + max_new_tokens: a static cache does not slide (the error says what to do).
+
+    compile=True compiles both (`compiled_steps`): the prompt is left-padded to its bucket in
+    `BUCKETS` (the mask hides the padding, positions start at each row's first real token) when the
+    bucket still leaves room for the new tokens, and without a `cache` one of a bucketed length is
+    reused. compile="decode" compiles the decode step only (eager prefill at the prompt's own length).
+    mode: the decode step's torch.compile mode; "auto" = `default_compile_mode(idx.device)`.
+    """
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    settings = SamplingSettings(temperature, top_k, top_p)
+    check_sampling_args(max_new_tokens=max_new_tokens)
+    B, T = idx.shape
+    prompt = idx
+    if compile:
+        mode = default_compile_mode(idx.device) if mode == "auto" else mode
+        step, compiled_prefill = compiled_steps(idx.device, mode)
+        limit = model.block_size if cache is None else cache.max_len
+        if compile is True and (L := _bucket_or_none(T, limit - max_new_tokens)) is not None:
+            prefill = compiled_prefill
+            idx, attention_mask = pad_left(idx, L, attention_mask)
+            T = L
+        if cache is None:
+            cache = reused_cache(model, B, _bucket_or_none(T + max_new_tokens, model.block_size) or model.block_size)
+    cache = StaticKVCache.for_model(model, B) if cache is None else cache
+    if cache.batch_size != B:
+        raise ValueError(f"cache was built for batch size {cache.batch_size}, got {B}; build one per batch size")
+    if T + max_new_tokens > cache.max_len:
+        raise ValueError(f"{T} prompt + {max_new_tokens} new tokens do not fit a static cache of max_len {cache.max_len}; "
+                         "use a longer cache (at most block_size) or fewer new tokens")
+    cache.set_padding(None if attention_mask is None else attention_mask.to(idx.device))
+    cuda_graphs = compile and mode == "reduce-overhead"
+    # A CUDA-graph step returns the same output buffer every replay: keep a copy. Eager and plain inductor
+    # steps return a fresh tensor, and copying B x 100k logits every step costs (a step passed in: be safe).
+    copy_out = cuda_graphs or (not compile and step is not forward_static)
+    # Every batch size and cache bucket is a graph of the same function: allow more than dynamo's default 8
+    # here only (chapter 06 shows the default limit at work elsewhere).
+    limit = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64)) if compile else nullcontext()
+    with limit:
+        return _loop(model, cache, idx, prompt, max_new_tokens, settings, generator, step, prefill, copy_out, cuda_graphs)
+
+
+def _loop(model, cache: StaticKVCache, idx: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int,
+          settings: SamplingSettings, generator: torch.Generator | None, step: StepFn, prefill: StepFn,
+          copy_out: bool, cuda_graphs: bool) -> torch.Tensor:
+    """Prefill idx (B, T), then max_new_tokens sampling steps; returns prompt + the new tokens."""
+    T = idx.shape[1]
+    logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
+    input_pos = torch.tensor([T], device=idx.device)
+    out = [prompt]
+    for i in range(max_new_tokens):
+        nxt = settings.sample(logits, generator)
+        out.append(nxt)
+        if i + 1 < max_new_tokens:
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
+            logits = step(model, cache, nxt, input_pos)
+            logits = logits.clone() if copy_out else logits
+            input_pos += 1  # in place: the step always receives the same tensor, with a new value
+    return torch.cat(out, dim=1)
+
+
+class GraphCounter:
+    """A torch.compile backend that counts the graphs dynamo hands it and runs them eagerly (no code generation)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs) -> Callable:
+        self.graphs += 1
+        return gm.forward

@@ -1,0 +1,141 @@
+"""Small helpers every notebook uses: checking papermill parameters and checking exercises.
+
+Instructors pass parameters with papermill (`-p temperature 1.3`); a typo or an out-of-range
+value should stop the notebook at the parameters cell with a message that names the fix,
+not fail twenty cells later with a shape error.
+
+Exercise verdicts are printed for the student. Under the grader (`python -m course_lib.course.grade`,
+which sets RECORD_ENV in the kernel's environment) each verdict is also published as a display
+output of type CHECK_MIME, so the grader reads data, not printed text. It is off otherwise:
+strict nbval compares every output's MIME keys, and an extra output in a fresh run would fail
+every committed notebook.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from course_lib.core.paths import REPO_ROOT, display_path
+
+# papermill's --help-notebook parser skips any line of a parameters cell with more than one "=":
+# write `top_k = 0  # 0 turns it off`, not `# 0 = off`, or the parameter disappears from the help.
+INJECTED_HEADER = "# Parameters"  # papermill's first line of the cell it injects (tagged injected-parameters)
+_CONTAINERS = (list, tuple, dict)
+CHECK_MIME = "application/vnd.inside-inference.check+json"
+RECORD_ENV = "INSIDE_INFERENCE_RECORD_CHECKS"
+
+
+class ParameterError(ValueError):
+    """A notebook parameter (papermill -p NAME VALUE) is invalid."""
+
+
+def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None = None,
+                low: float | None = None, high: float | None = None, choices: Sequence | None = None,
+                nonempty: bool = False, file: bool = False) -> Any:
+    """Validate one parameter; raise ParameterError saying what is allowed. Returns the value.
+
+    An int is accepted where a float is meant (`-p threshold 1`). nonempty=True refuses "" and
+    blank strings; file=True requires an existing file (relative paths are from the repo root).
+    """
+    kinds = _as_tuple(kind) if kind is not None else ()
+    if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
+        kinds = (*kinds, int)  # papermill -p reads "1" as an int; 1 is a fine float
+    if kind is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+        names = " or ".join(t.__name__ for t in _as_tuple(kind))
+        if isinstance(value, str) and any(t in _CONTAINERS for t in kinds):  # -p passes text: lists need YAML
+            raise ParameterError(f"parameter {name!r} must be {names}, got the string {value!r}: papermill -p passes text; "
+                                 f"pass lists with -y, e.g. papermill ... -y '{name}: [1, 2]'")
+        raise ParameterError(f"parameter {name!r} must be {names}, got {value!r} ({type(value).__name__}); "
+                             f"e.g. papermill ... -p {name} <value>")
+    if nonempty and isinstance(value, str) and not value.strip():
+        raise ParameterError(f"parameter {name!r} is empty; give it a value, e.g. papermill ... -p {name} <text>")
+    if file and not resolve_path(value).is_file():
+        raise ParameterError(f"parameter {name!r}: file not found: {display_path(resolve_path(value))}; "
+                             f"pass an existing file, e.g. papermill ... -p {name} <path>")
+    if choices is not None and value not in choices:
+        raise ParameterError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
+    if low is not None and value < low:
+        raise ParameterError(f"parameter {name!r} must be >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ParameterError(f"parameter {name!r} must be <= {high}, got {value!r}")
+    return value
+
+
+def _as_tuple(kind):
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def resolve_path(value: str | Path) -> Path:
+    """A path parameter as the notebooks read it: absolute, or relative to the repository root."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _assigned(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def check_no_unknown_params(history: Sequence[str] | None = None) -> None:
+    """ParameterError if papermill injected a name the parameters cell does not declare (`-p sede 3`).
+
+    papermill only warns "Passed unknown parameter" and runs with the defaults. Its injected cell
+    (first line "# Parameters") runs right after the cell tagged `parameters`, so the kernel's input
+    history holds both: compare their names. Outside papermill there is no injected cell: no-op.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        ip = get_ipython()
+        history = ip.user_ns.get("In", []) if ip is not None else []
+    for k in range(len(history) - 1, 0, -1):
+        if history[k].lstrip().startswith(INJECTED_HEADER):
+            declared, injected = _assigned(history[k - 1]), _assigned(history[k])
+            unknown = sorted(injected - declared)
+            if unknown:
+                raise ParameterError(f"unknown parameter(s) {unknown}: this notebook declares {', '.join(sorted(declared))}; "
+                                     "check the spelling in papermill -p NAME VALUE")
+            return
+
+
+def show_params(**params: Any) -> None:
+    """Print the parameters this run uses (papermill-injected values show up here)."""
+    print("Parameters: " + ", ".join(f"{k}={v!r}" for k, v in params.items()))
+
+
+def check_answer(name: str, ok: bool, why_right: str, why_wrong: str) -> bool:
+    """Print a verdict for an exercise; the notebook continues either way."""
+    message = why_right if ok else why_wrong
+    print(f"{name}: {'✅ correct' if ok else '❌ not yet'} — {message}")
+    if os.environ.get(RECORD_ENV) == "1":
+        _publish({"name": str(name), "ok": bool(ok), "verdict": "correct" if ok else "not yet", "message": str(message)})
+    return ok
+
+
+def _publish(record: dict) -> None:
+    """Publish one verdict as a display output of type CHECK_MIME (only inside an IPython kernel)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import publish_display_data
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        publish_display_data({CHECK_MIME: record}, metadata={CHECK_MIME: {"kind": "verdict"}})
+
+
+def run_check(name: str, fn: Callable[[], tuple[bool, str, str]]) -> bool:
+    """Run a checker returning (ok, why_right, why_wrong); an exception counts as 'not yet'."""
+    try:
+        ok, right, wrong = fn()
+    except Exception as exc:  # a student's half-written answer should not crash the notebook
+        return check_answer(name, False, "", f"your code raised {type(exc).__name__}: {exc}")
+    return check_answer(name, ok, right, wrong)

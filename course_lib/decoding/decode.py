@@ -1,0 +1,171 @@
+"""The decode loop: append tokens one sampling step at a time, with or without a KV cache.
+
+`generate_ids` is the loop every generation path uses (`GPT.generate`, the trace, the streamer,
+batching). It checks the sampling arguments once, then per step: run the model (the whole window
+without a cache; prefill then one token per step with one), apply the repetition penalty, sample.
+`on_step` and `stop_when` are the hooks the trace, the streamer and batching plug into.
+`eos_token_id` and `stop` end rows early (see `stopping`): a finished row emits padding, its
+sampled token is discarded, and the loop ends when every row is finished.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.stopping import StopCriteria
+
+StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+STOP_CHECK_EVERY = 8  # on a device, "is every row finished?" makes the host wait: ask every 8 tokens
+_WARNED_TRAINING: weakref.WeakSet = weakref.WeakSet()  # models already warned about train() mode
+
+
+def stop_check_interval(device: torch.device) -> int:
+    """How many tokens between "is every row finished?" checks: every token on the CPU (free)."""
+    return 1 if device.type == "cpu" else STOP_CHECK_EVERY
+
+
+def warn_if_training(model) -> None:
+    """Warn once per model: in train() mode dropout is on, so even greedy tokens differ run to run."""
+    if getattr(model, "training", False) and model not in _WARNED_TRAINING:
+        _WARNED_TRAINING.add(model)
+        warnings.warn("generating with a model in training mode: dropout is active, so even greedy tokens change "
+                      "from run to run; call model.eval() first", stacklevel=3)
+
+
+def encode_prompt(enc, prompt: str, block_size: int, allowed_special: str | set[str] = frozenset()) -> list[int]:
+    """Token ids for one prompt, always usable by the model.
+
+    An empty prompt starts from <|endoftext|> (the token every training document starts with),
+    so the model samples a line from scratch instead of failing on a (1, 0) tensor. A prompt
+    longer than the context keeps its last `block_size` tokens, with a warning: the model cannot
+    attend further back anyway, and an index error would teach nothing.
+
+    Text that looks like a special token ("<|endoftext|>") is encoded as the plain characters it
+    is, the way the training data was encoded, so a prompt cannot inject control tokens;
+    allowed_special="all" (or a set of names) turns such text into the special tokens instead.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__} {prompt!r:.40}; "
+                        "use \"\" to start from <|endoftext|>")
+    ids = enc.encode(prompt, allowed_special=allowed_special, disallowed_special=()) if prompt else [enc.eot_token]
+    if len(ids) > block_size:
+        warnings.warn(f"prompt has {len(ids)} tokens but the context holds {block_size}: "
+                      f"keeping the last {block_size} tokens", stacklevel=2)
+        ids = ids[-block_size:]
+    return ids
+
+
+@torch.no_grad()
+def next_token_logits(model, enc, prompt: str) -> torch.Tensor:
+    """The model's raw logits (vocab,) for the token after `prompt`."""
+    x = torch.tensor([encode_prompt(enc, prompt, model.block_size)], dtype=torch.long, device=model.device)
+    return model(x)[0, -1].float()
+
+
+def _full_rows(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Logits of the computed rows placed back into a (batch, vocab) tensor; finished rows get -inf."""
+    return x.new_full((batch, x.shape[-1]), float("-inf")).index_copy_(0, rows, x)
+
+
+@torch.no_grad()
+def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
+                 use_cache: bool = True, attention_mask: torch.Tensor | None = None,
+                 on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None,
+                 eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None,
+                 pad_token_id: int | None = None, draw: str = "multinomial") -> torch.Tensor:
+    """Append max_new_tokens tokens to idx (B, T) and return (B, T + max_new_tokens).
+
+    use_cache=False is the plain loop: re-run the last block_size tokens for every new token, with
+    the output head at the last position only (nanoGPT's inference form: the fair baseline).
+    use_cache=True prefills the prompt once, then feeds one token per step (KV cache). When the
+    sequence grows past block_size the window slides, every position changes, and cached keys are
+    stale; the cached path then re-prefills the last block_size tokens each step, which is exactly
+    what the plain loop computes (so greedy output stays token-exact, with no speed-up there).
+
+    attention_mask (B, T) marks real tokens with 1 (0 = left padding). on_step(step, logits,
+    adjusted, next_ids) sees the raw last-position logits, the logits after the repetition
+    penalty, and the chosen ids (B, 1): the trace and the streamer hook in here. stop_when(next_ids)
+    returning True ends the loop early (then fewer than max_new_tokens tokens are appended).
+
+    eos_token_id (one id or a list) and stop (a string or a list; needs enc, default the course's
+    cl100k_base) finish rows: from the step after, a finished row gets pad_token_id (default the
+    first eos id, else <|endoftext|>) and is dropped from the batch the model computes (its cache
+    rows too), and the loop returns as soon as every row is finished. On a device that check waits
+    for the device, so it runs every STOP_CHECK_EVERY tokens: a few padding-only steps may run (and
+    reach on_step), then are trimmed, so the result is the one the CPU returns.
+    draw chooses the random draw (`SamplingSettings.sample`): "multinomial" or "inverse_cdf".
+    """
+    settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
+    check_sampling_args(max_new_tokens=max_new_tokens)
+    warn_if_training(model)
+    if stop is not None and enc is None:
+        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
+        enc = get_encoding()
+    stopper = StopCriteria(idx.shape[0], eos_token_id, stop, enc, device=idx.device)
+    if pad_token_id is None:
+        pad_token_id = stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must be (batch, T) with T >= 1, got shape {tuple(idx.shape)}; "
+                         "an empty prompt should start from the <|endoftext|> token (see encode_prompt)")
+    block = model.block_size
+    if idx.shape[1] > block:
+        warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {block}: "
+                      f"the model sees only the last {block}", stacklevel=2)
+    mask = None if attention_mask is None else attention_mask.to(idx.device).long()
+    cache = None
+    B = idx.shape[0]
+    rows = None  # the rows still generating, once some have finished (None = all): only they are computed
+    # On a device, reading "how many rows are still going?" every token would stall the GPU each step:
+    # ask every STOP_CHECK_EVERY tokens, remember on the device when the last row finished, trim after.
+    check_every = stop_check_interval(idx.device)
+    prompt_len, all_done_at = idx.shape[1], torch.full((), -1, device=idx.device)
+    for step in range(max_new_tokens):
+        cur = idx if rows is None else idx.index_select(0, rows)
+        cmask = mask if mask is None or rows is None else mask.index_select(0, rows)
+        window = cur[:, -block:]
+        wmask = None if cmask is None else cmask[:, -block:]
+        if not use_cache:
+            logits = model(window, attention_mask=wmask, last_only=True)[:, -1, :]  # head at the last position only
+        elif cache is None or cur.shape[1] > block:  # first step, or the window slid: (re)prefill
+            logits, cache = model.prefill(window, attention_mask=wmask, cache=cache)
+        else:  # the usual step: one token in, the cache holds everything before it
+            logits = model.decode_step(cur[:, -1:], cache, attention_mask=wmask)
+        adjusted = logits
+        if repetition_penalty != 1.0:
+            adjusted = settings.penalise(logits, window, wmask)
+        nxt = settings.sample(adjusted, generator, draw)
+        if rows is not None:  # back to the full batch: finished rows get padding
+            nxt = torch.full((B, 1), pad_token_id, dtype=nxt.dtype, device=nxt.device).index_copy_(0, rows, nxt)
+            if on_step is not None:
+                logits, adjusted = _full_rows(logits, rows, B), _full_rows(adjusted, rows, B)
+        if stopper.active:  # finished rows take no part any more: their token is padding
+            nxt = torch.where(stopper.done[:, None], torch.full_like(nxt, pad_token_id), nxt)
+        if on_step is not None:
+            on_step(step, logits, adjusted, nxt)
+        idx = torch.cat([idx, nxt], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        if stopper.active:
+            done = stopper.update(nxt)
+            if check_every > 1:
+                all_done_at = torch.where((all_done_at < 0) & done.all(), step, all_done_at)
+            n_active = int((~done).sum()) if (step + 1) % check_every == 0 else -1  # a host sync
+            if n_active == 0:
+                break
+            if 0 < n_active < (B if rows is None else rows.numel()):  # rows finished: drop them from the batch
+                local = (~done if rows is None else (~done).index_select(0, rows)).nonzero()[:, 0]
+                rows = (~done).nonzero()[:, 0]
+                if cache is not None:
+                    cache.k, cache.v = cache.k.index_select(1, local), cache.v.index_select(1, local)
+                    cache.batch_size = rows.numel()
+        if stop_when is not None and stop_when(nxt):
+            break
+    if check_every > 1 and stopper.active and (end := int(all_done_at)) >= 0:  # one sync, after the loop
+        idx = idx[:, :prompt_len + end + 1]  # the steps after every row finished added only padding
+    return idx

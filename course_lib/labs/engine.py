@@ -1,0 +1,96 @@
+"""Seed 002's inference engine rebuilt in PyTorch: one static graph per phase, and a phase flag.
+
+MindFormers compiles one static graph per phase (`prefill` for the prompt, `increment` for each
+decode step) and keeps the current phase in the model. `generate()` starts with a prefill and
+leaves the model in `increment`; a following low-level `infer()` with a prompt inherits that phase,
+feeds prefill-shaped inputs to the decode graph, and fails with a dims mismatch (seed 002).
+
+Here each phase's graph is a `torch.export` program over the static KV cache: the `increment`
+graph has shapes fixed at T = 1, the `prefill` graph accepts any prompt length T >= 2. Calling the
+wrong one raises PyTorch's own shape-guard error. `Engine(design="phase-flag")` reproduces the
+bug; `clear_cache()` or running `infer` before `generate` avoids it (seed 002's fixes);
+`design="inputs"` removes it: the graph is chosen from the input itself (T = 1 → decode graph,
+T > 1 → prefill graph), and positions are always passed explicitly, so no hidden state remains.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from course_lib.caches.static_cache import StaticKVCache, StaticStep
+
+Design = Literal["phase-flag", "inputs"]
+DESIGNS = ("phase-flag", "inputs")
+
+
+class Engine:
+    """A batch-1 text engine over a static cache with one exported graph per phase (built on first use)."""
+
+    def __init__(self, model, design: Design = "inputs", max_len: int = 64):
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        self.model, self.design = model, design
+        self.cache = StaticKVCache.for_model(model, 1, max_len)
+        self._step = StaticStep(model, self.cache)
+        self.graphs: dict[str, torch.nn.Module] = {}
+        self.phase = "prefill"  # only read by design="phase-flag"
+
+    def graph(self, phase: str) -> nn.Module:
+        """The static graph of one phase: exported once with that phase's shapes, then reused."""
+        if phase not in self.graphs:
+            dev = self.model.device
+            if phase == "increment":
+                example = (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.tensor([0], device=dev))
+                dims = None
+            else:
+                example = (torch.zeros(1, 2, dtype=torch.long, device=dev), torch.arange(2, device=dev))
+                T = torch.export.Dim("T", min=2, max=self.cache.max_len)
+                dims = {"ids": {1: T}, "input_pos": {0: T}}
+            with torch.no_grad():
+                self.graphs[phase] = torch.export.export(self._step, example, dynamic_shapes=dims).module()
+        return self.graphs[phase]
+
+    @torch.no_grad()
+    def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor) -> torch.Tensor:
+        """One step: T new tokens (1, T) at positions (T,) or (1, T) → last-position logits (1, vocab).
+
+        A step at position 0 starts a new sequence. design="phase-flag" runs the graph of the current
+        phase and then moves to "increment" (seed 002's engine); design="inputs" picks the graph from T.
+        """
+        pos = position_ids.reshape(-1).to(input_ids.device)
+        if pos.numel() != input_ids.shape[1]:
+            raise ValueError(f"position_ids must give one position per input token ({input_ids.shape[1]}), got {pos.numel()}")
+        if self.design == "inputs":
+            phase = "increment" if input_ids.shape[1] == 1 else "prefill"
+        else:
+            phase = self.phase
+        logits = self.graph(phase)(input_ids, pos)
+        self.phase = "increment"
+        return logits
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Greedy: prefill the prompt (1, T), then one decode step per token; returns (1, T + max_new_tokens).
+
+        Like MindFormers, generate() always starts in the prefill phase; it leaves the engine in "increment".
+        """
+        T = idx.shape[1]
+        if T + max_new_tokens > self.cache.max_len:
+            raise ValueError(f"{T} + {max_new_tokens} tokens exceed the engine's max_len {self.cache.max_len}")
+        self.phase = "prefill"
+        logits = self.infer(idx, position_ids=torch.arange(T))
+        out = [idx]
+        for i in range(max_new_tokens):
+            nxt = logits.argmax(-1, keepdim=True)
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits = self.infer(nxt, position_ids=torch.tensor([T + i]))
+        return torch.cat(out, dim=1)
+
+    def clear_cache(self) -> None:
+        """Seed 002's `block_mgr.clear_cache()`: empty the cache and go back to the prefill phase."""
+        self.cache.reset()
+        self.phase = "prefill"

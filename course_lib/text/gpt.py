@@ -1,0 +1,262 @@
+"""The course's text model: a small LLaMA-style decoder trained on product listings.
+
+Read it top to bottom like nanoGPT: a config dict (`h_params`, the seed's name for it), the
+model, and `load_gpt`, which is seed 001's loading recipe — load → rebuild from h_params →
+load_state_dict → eval → to(device) — with safe loading and readable errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Integral, Real
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.caches.kv_cache import KVCache
+from course_lib.caches.quantize import quantize  # noqa: F401  (public: a quantized copy that generate accepts, chapter 08b)
+from course_lib.core.checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
+from course_lib.core.device import pick_device
+from course_lib.core.layers import (
+    Block,
+    RMSNorm,
+    attend_mask,
+    default_positions,
+    init_weights,
+    num_params,
+    rope_angles,
+    run_blocks,
+)
+from course_lib.core.paths import TEXT_MODEL, display_path
+from course_lib.decoding.beam import beam_search, check_beam_args
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.scoring import sequence_logprob, sequence_logprobs
+
+__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "quantize", "DEFAULT_H_PARAMS"]  # + load_draft, speculative_generate (lazy)
+
+DEFAULT_H_PARAMS = {
+    "vocab_size": 100277,  # cl100k_base, special tokens included
+    "n_embd": 64,
+    "n_layer": 4,
+    "n_head": 4,
+    "block_size": 512,     # the longest context the model attends over
+    "dropout": 0.1,
+    "rope_theta": 10000.0,
+}
+REQUIRED = ("vocab_size", "n_embd", "n_layer", "n_head", "block_size")
+
+
+def check_h_params(h_params: object) -> None:
+    """ValueError naming the key for h_params the model cannot be built from ("32", 3.0, None, n_embd % n_head)."""
+    if not isinstance(h_params, Mapping):
+        raise ValueError(f"h_params must be a dict, got {type(h_params).__name__}")
+    missing = [k for k in REQUIRED if k not in h_params]
+    if missing:
+        raise ValueError(f"h_params is missing {missing}; it needs at least {list(REQUIRED)}")
+    for k in REQUIRED:
+        v = h_params[k]
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
+            raise ValueError(f"h_params[{k!r}] must be an int >= 1, got {v!r} ({type(v).__name__})")
+    hp = {**DEFAULT_H_PARAMS, **h_params}
+    if hp["n_embd"] % hp["n_head"] or (hp["n_embd"] // hp["n_head"]) % 2:
+        raise ValueError(f"h_params: n_embd {hp['n_embd']} must split into n_head {hp['n_head']} heads of even size (rotary pairs)")
+    kv = hp.get("n_kv_head", hp["n_head"])  # optional: absent means plain multi-head attention
+    if isinstance(kv, bool) or not isinstance(kv, Integral) or kv < 1 or hp["n_head"] % kv:
+        raise ValueError(f"h_params['n_kv_head'] must be an int >= 1 that divides n_head {hp['n_head']}, got {kv!r} "
+                         "(leave it out for multi-head attention)")
+    d, theta = hp["dropout"], hp["rope_theta"]
+    if isinstance(d, bool) or not isinstance(d, Real) or not 0 <= d < 1:
+        raise ValueError(f"h_params['dropout'] must be a number in [0, 1), got {d!r}")
+    if isinstance(theta, bool) or not isinstance(theta, Real) or not math.isfinite(theta) or theta <= 0:
+        raise ValueError(f"h_params['rope_theta'] must be a finite number > 0, got {theta!r}")
+
+
+class GPT(nn.Module):
+    """Token embedding → n_layer causal blocks → RMSNorm → output head tied to the embedding."""
+
+    def __init__(self, h_params: dict):
+        super().__init__()
+        check_h_params(h_params)
+        self.h_params = {**DEFAULT_H_PARAMS, **h_params}
+        hp = self.h_params
+        self.block_size = hp["block_size"]
+        self.head_dim = hp["n_embd"] // hp["n_head"]
+        # Grouped-query attention when n_kv_head < n_head; absent (every shipped checkpoint) means n_head.
+        self.n_kv_head = int(hp.get("n_kv_head", hp["n_head"]))
+        self.tok_emb = nn.Embedding(hp["vocab_size"], hp["n_embd"])
+        self.drop = nn.Dropout(hp["dropout"])
+        self.blocks = nn.ModuleList(Block(hp["n_embd"], hp["n_head"], hp["dropout"], causal=True, n_kv_head=self.n_kv_head)
+                                    for _ in range(hp["n_layer"]))
+        self.norm = RMSNorm(hp["n_embd"])
+        self.lm_head = nn.Linear(hp["n_embd"], hp["vocab_size"], bias=False)
+        # Weight tying: the 100k-row table is most of the model; using it for input and output
+        # halves the size and ties "what a token means" to "when to predict it".
+        self.lm_head.weight = self.tok_emb.weight
+        init_weights(self, hp["n_layer"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    def num_params(self) -> int:
+        """Parameters counted once (the tied head is the embedding)."""
+        return num_params(self)
+
+    def _run(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+             cache: KVCache | None = None) -> torch.Tensor:
+        """The one forward path: embed → dropout → blocks (storing keys/values in `cache` if given)
+        → final norm. Returns hidden states (B, T, n_embd); callers apply the head where they need it."""
+        rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
+        x = self.drop(self.tok_emb(idx))
+        return self.norm(run_blocks(self.blocks, x, rope, mask, cache))
+
+    def forward(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids idx (B, T); with last_only=True only the last position's (B, 1, vocab).
+
+        attention_mask (B, T) marks real tokens with 1 and padding with 0. Without position_ids
+        they are derived from it (cumsum - 1), so left-padded rows still start at position 0.
+        last_only is nanoGPT's inference form: generation reads only the last row, and the 100k-wide
+        head is the costliest matmul, so computing it at every position wastes most of the step.
+        """
+        B, T = idx.shape
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; keep the last {self.block_size} tokens")
+        if position_ids is None:
+            position_ids = default_positions(B, T, 0, attention_mask, idx.device)
+        # No padding: the blocks use SDPA's built-in causal mask; with padding, the same rule as the cache at length 0.
+        mask = None if attention_mask is None else attend_mask(T, 0, attention_mask, causal=True)
+        h = self._run(idx, position_ids, mask)
+        return self.lm_head(h[:, -1:] if last_only else h)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (targets are idx shifted left by one)."""
+        logits = self(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    # ------------------------------------------------------------------ cached inference
+    # The low-level API (chapter 03, gpt-fast style): `infer` runs T new tokens against a KV cache,
+    # `prefill` fills a fresh cache with a prompt, `decode_step` feeds one token. Positions are
+    # explicit: with a cache the model cannot guess where the new tokens sit.
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for this model: (n_layer, B, n_kv_head, max_len, head_dim), max_len = block_size."""
+        hp = self.h_params
+        return KVCache(hp["n_layer"], batch_size, self.n_kv_head, self.head_dim, max_len or self.block_size,
+                       device=self.device, dtype=self.tok_emb.weight.dtype)
+
+    def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """One step over T new tokens (B, T) → (logits (B, T, vocab), cache).
+
+        position_ids (B, T) are required: the new tokens' positions depend on what is already in
+        the cache and on each row's padding, which only the caller knows (seed 002's failure).
+        attention_mask (B, cache.length + T) marks real tokens (1) and padding (0) over every token
+        the cache will hold after this step. cache=None starts a new one (max_len = block_size).
+        """
+        if position_ids is None:
+            raise TypeError("GPT.infer needs position_ids (B, T): the position of every new token, e.g. "
+                            "torch.arange(cache.length, cache.length + T)[None] without padding, or "
+                            "attention_mask.cumsum(-1) - 1 for left-padded rows; generate() builds them for you")
+        B, T = input_ids.shape
+        if position_ids.dim() == 1:
+            position_ids = position_ids[None].expand(B, T)
+        if position_ids.shape != (B, T):
+            raise ValueError(f"position_ids must have shape {(B, T)} like input_ids, got {tuple(position_ids.shape)}")
+        cache = self.new_cache(B) if cache is None else cache
+        mask = None
+        if attention_mask is not None or T > 1:  # one unpadded new token may attend to everything cached
+            mask = cache.attn_mask(T, attention_mask)
+        return self.lm_head(self._run(input_ids, position_ids, mask, cache)), cache
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Run the whole prompt (B, T) once into an emptied cache; return last-position logits (B, vocab).
+
+        Only the last position's logits are computed: the 100k-wide head is the costliest matmul.
+        """
+        B, T = idx.shape
+        if cache is None or cache.batch_size != B:
+            cache = self.new_cache(B)
+        cache.reset()  # a new prompt must never see the previous one's keys
+        pos = default_positions(B, T, 0, attention_mask, idx.device)
+        h = self._run(idx, pos, cache.attn_mask(T, attention_mask), cache)
+        return self.lm_head(h[:, -1, :]), cache
+
+    @torch.no_grad()
+    def decode_step(self, token: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one new token per row (B, 1); return its logits (B, vocab).
+
+        attention_mask (B, cache.length + 1) covers the cached tokens plus this one; each row's
+        position is its count of real tokens minus one (left padding does not shift it).
+        """
+        B = token.shape[0]
+        pos = default_positions(B, 1, cache.length, attention_mask, token.device)
+        mask = None if attention_mask is None else cache.attn_mask(1, attention_mask)
+        return self.lm_head(self._run(token, pos, mask, cache)[:, -1, :])
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, generator: torch.Generator | None = None, *, repetition_penalty: float = 1.0,
+                 use_cache: bool = True, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
+                 length_penalty: float = 1.0, early_stopping: bool | str = False,
+                 eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
+                 pad_token_id: int | None = None) -> torch.Tensor:
+        """Append up to max_new_tokens tokens to idx (B, T); temperature=0 is greedy.
+
+        use_cache=False is the simplest correct loop (re-run the whole cropped context for every
+        token, the head at the last position only: the fair baseline); the default uses the KV cache (chapter 03) and gives the same greedy tokens.
+        See decode.generate_ids for what happens at the context limit.
+
+        eos_token_id (an id or a list) and stop (a string or a list, cl100k_base text) finish a row;
+        finished rows are padded with pad_token_id and the loop ends when all are finished.
+        num_beams > 1 runs beam search (`course_lib.decoding.beam`, Hugging Face's rules: score = sum of
+        log-probs / length ** length_penalty, early_stopping True/False/"never"), deterministic:
+        temperature is ignored, top_k/top_p are sampling filters and are rejected.
+        """
+        check_beam_args(num_beams, length_penalty, early_stopping)
+        if num_beams > 1:
+            if top_k is not None or (top_p is not None and top_p < 1.0):
+                raise ValueError("top_k/top_p filter a sampling step; beam search does not sample "
+                                 "(use num_beams=1 to sample, or drop top_k/top_p)")
+            if stop is not None:
+                raise ValueError("stop strings are not supported with num_beams > 1; pass eos_token_id "
+                                 "(e.g. the id of '\\n' to end a listing)")
+            return beam_search(self, idx, max_new_tokens, num_beams, length_penalty=length_penalty,
+                               eos_token_id=eos_token_id, early_stopping=early_stopping,
+                               repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
+                               attention_mask=attention_mask, use_cache=use_cache).sequences
+        return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
+                            generator=generator, use_cache=use_cache, attention_mask=attention_mask,
+                            eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)
+
+
+def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
+    """Seed 001's recipe: load → rebuild from h_params → load_state_dict → eval() → to(device)."""
+    device = pick_device(device if isinstance(device, str) else str(device), verbose=False)  # "cuda" without CUDA: say so
+    path = TEXT_MODEL if path is None else Path(path)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    try:
+        model = GPT(get_entry(ckpt, "h_params", path))
+    except ValueError as exc:
+        raise CheckpointError(f"{display_path(path)}: {exc}; the checkpoint's h_params are damaged, re-create it") from None
+    sd = get_entry(ckpt, "model_state_dict", path)
+    check_state_dict(sd, path, float_weights=True)
+    load_weights(model, sd, strict=True)
+    return model.eval().to(device)
+
+
+def __getattr__(name: str):
+    """`load_draft` and `speculative_generate` (chapter 08) live in their own modules, which import this one;
+    resolving them lazily keeps them importable from here without a circular import."""
+    if name == "load_draft":
+        from course_lib.text.draft import load_draft
+        return load_draft
+    if name == "speculative_generate":
+        from course_lib.decoding.speculative import speculative_generate
+        return speculative_generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return error(rank, f"prompt ({len(ids)} tokens) + --max_new_tokens {args.max_new_tokens} exceeds the "
                            f"context of {model.block_size} tokens; ask for fewer tokens")
     try:
-        check_divides(world, model.h_params["n_head"])
+        check_divides(world, model.h_params["n_head"], model.n_kv_head)
         info = init_from_env(args.device, args.timeout, COMMAND)
     except DistSetupError as exc:
         return error(rank, str(exc))

@@ -53,12 +53,24 @@ def check_env(command: str = "-m course_lib.distributed.generate ...", env: dict
                              "MASTER_ADDR, MASTER_PORT; by hand, export all four in every process)")
 
 
-def check_divides(world_size: int, n_head: int) -> None:
-    """Heads are the unit of the attention split: every rank must hold the same whole number of them."""
-    if world_size < 1 or n_head % world_size:
-        ok = [n for n in range(1, n_head + 1) if n_head % n == 0]
-        raise DistSetupError(f"world size {world_size} does not divide the model's {n_head} attention heads; "
-                             f"use --nproc_per_node in {ok}")
+def check_divides(world_size: int, n_head: int, n_kv_head: int | None = None) -> None:
+    """Heads are the unit of the attention split: every rank must hold the same whole number of them.
+
+    With grouped-query attention (n_kv_head < n_head) the key/value heads are split too, each rank
+    keeping whole groups, so the world size must divide n_kv_head (which divides n_head): a
+    multi-query model (n_kv_head = 1) runs on one process only.
+    """
+    if n_kv_head is None or n_kv_head == n_head:
+        if world_size < 1 or n_head % world_size:
+            ok = [n for n in range(1, n_head + 1) if n_head % n == 0]
+            raise DistSetupError(f"world size {world_size} does not divide the model's {n_head} attention heads; "
+                                 f"use --nproc_per_node in {ok}")
+        return
+    if world_size < 1 or n_kv_head % world_size or n_head % world_size:
+        ok = [n for n in range(1, n_kv_head + 1) if n_kv_head % n == 0]
+        raise DistSetupError(f"world size {world_size} does not divide the model's {n_kv_head} key/value heads "
+                             f"(n_kv_head {n_kv_head}, n_head {n_head}): each rank holds whole key/value heads and "
+                             f"the query heads that share them; use --nproc_per_node in {ok}")
 
 
 def init_from_env(device: str = "auto", timeout: float = DEFAULT_TIMEOUT,

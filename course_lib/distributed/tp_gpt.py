@@ -47,10 +47,11 @@ class TPGPT(nn.Module):
     def __init__(self, model: GPT, comm: Comm):
         super().__init__()
         hp = model.h_params
-        check_divides(comm.world_size, hp["n_head"])
+        check_divides(comm.world_size, hp["n_head"], model.n_kv_head)
         self.comm, self.h_params = comm, dict(hp)
         self.block_size, self.head_dim = model.block_size, model.head_dim
         self.n_local_heads = hp["n_head"] // comm.world_size
+        self.n_local_kv_heads = model.n_kv_head // comm.world_size  # what the cache holds (grouped-query: fewer)
         self.table = VocabParallelTable(model.tok_emb.weight, comm)
         self.blocks = nn.ModuleList(TPBlock(b, comm) for b in model.blocks)
         self.norm = model.norm
@@ -61,7 +62,7 @@ class TPGPT(nn.Module):
         return self.table.weight.device
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return KVCache(len(self.blocks), batch_size, self.n_local_heads, self.head_dim, max_len or self.block_size,
+        return KVCache(len(self.blocks), batch_size, self.n_local_kv_heads, self.head_dim, max_len or self.block_size,
                        device=self.device, dtype=self.table.weight.dtype)
 
     def _run(self, idx: torch.Tensor, position_ids: torch.Tensor, mask, cache: KVCache) -> torch.Tensor:

@@ -1,0 +1,118 @@
+"""Bugs found by trying grouped-query attention, the paged cache's pool and beam search as a new user
+would (issue 19): each test here failed on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from course_lib.core.layers import Attention, rope_angles
+from course_lib.core.paths import REPO_ROOT
+from course_lib.distributed.comm import Comm
+from course_lib.distributed.process_group import DistSetupError, check_divides
+from course_lib.distributed.tp_gpt import TPGPT, tp_generate
+from course_lib.distributed.tp_layers import TPAttention
+
+HEADS = {"mha": 4, "gqa": 2, "mqa": 1}  # n_kv_head of a 4-head model
+
+
+# ------------------------------------------------------------ tensor parallelism with grouped-query attention
+@pytest.mark.parametrize("n_kv_head, world", [(4, 2), (4, 4), (2, 2), (1, 1), (2, 1)])
+def test_tp_attention_partials_sum_to_grouped_query_attention(n_kv_head, world):
+    torch.manual_seed(1)
+    attn = Attention(32, 4, causal=True, n_kv_head=n_kv_head).eval()
+    x, rope = torch.randn(2, 5, 32), rope_angles(torch.arange(5), 8)
+    parts = [TPAttention(attn, r, world) for r in range(world)]
+    assert all(p.n_kv_head == n_kv_head // world for p in parts)  # the key/value heads are split, not repeated
+    torch.testing.assert_close(sum(p.partial(x, rope) for p in parts), attn(x, rope), rtol=1e-5, atol=1e-6)
+
+
+def test_world_size_that_cannot_split_the_key_value_heads_is_refused_naming_both_numbers():
+    with pytest.raises(DistSetupError, match=r"world size 2 does not divide the model's 1 key/value heads "
+                                             r"\(n_kv_head 1, n_head 4\).*--nproc_per_node in \[1\]"):
+        check_divides(2, 4, 1)
+    with pytest.raises(DistSetupError, match=r"world size 4 does not divide the model's 2 key/value heads.*\[1, 2\]"):
+        check_divides(4, 4, 2)
+    check_divides(2, 4, 2)
+    check_divides(2, 4, 4)
+    check_divides(2, 4)  # the old two-argument form: multi-head attention
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+def test_world_size_one_tp_model_decodes_grouped_query_models_exactly(make_gpt, kind):
+    model = make_gpt(seed=3, n_kv_head=HEADS[kind])
+    tp = TPGPT(model, Comm(0, 1))
+    idx = torch.tensor([[1, 2, 3, 4]])
+    assert tp.new_cache(1).k.shape[2] == HEADS[kind]  # the cache holds the key/value heads only
+    for temperature, top_k in [(0.0, None), (0.9, 20)]:
+        ref = model.generate(idx, 8, temperature, top_k, generator=torch.Generator().manual_seed(5))
+        out = tp_generate(tp, idx, 8, temperature, top_k, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(out, ref)
+
+
+TP_SCRIPT = """
+import json, sys, torch
+from course_lib.distributed.comm import Comm
+from course_lib.distributed.process_group import DistSetupError, init_from_env, shutdown
+from course_lib.distributed.tp_gpt import TPGPT
+from course_lib.text.gpt import GPT
+root = sys.argv[1]
+info = init_from_env("cpu", timeout=60)
+report = {}
+for kind in ("mha", "gqa", "mqa"):
+    saved = torch.load(f"{root}/{kind}.pt", weights_only=True)
+    model = GPT(saved["h_params"]).eval()
+    model.load_state_dict(saved["state"])
+    try:
+        tp = TPGPT(model, Comm(info.rank, info.world_size))
+    except DistSetupError as exc:
+        report[kind] = str(exc)
+        continue
+    cache = tp.new_cache(1, 8)
+    rows = [tp.full_logits(tp.prefill(saved["prompt"], cache))]
+    for tok in saved["next"].split(1, dim=1):
+        rows.append(tp.full_logits(tp.decode_step(tok, cache)))
+    torch.save(torch.stack(rows, 1), f"{root}/{kind}.logits.{info.rank}")
+    report[kind] = "ran"
+if info.rank == 0:
+    print(json.dumps(report))
+shutdown()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_world_two_grouped_query_logits_equal_the_single_process_model(make_gpt, tmp_path):
+    prompt, nxt = torch.tensor([[5, 17, 3, 250, 9]]), torch.tensor([[40, 41, 299]])
+    for kind, n_kv in HEADS.items():
+        model = make_gpt(seed=4, n_kv_head=n_kv, dropout=0.0)
+        torch.save({"h_params": model.h_params, "state": model.state_dict(), "prompt": prompt, "next": nxt},
+                   tmp_path / f"{kind}.pt")
+    (tmp_path / "tp.py").write_text(TP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(tmp_path / "tp.py"), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["mha"] == report["gqa"] == "ran"
+    # multi-query: one key/value head cannot be split over two ranks; the refusal names both numbers
+    assert "world size 2 does not divide the model's 1 key/value heads (n_kv_head 1, n_head 4)" in report["mqa"]
+    full = torch.cat([prompt, nxt], 1)
+    for kind in ("mha", "gqa"):
+        model = make_gpt(seed=4, n_kv_head=HEADS[kind], dropout=0.0)
+        with torch.no_grad():
+            want = model(full)[:, prompt.shape[1] - 1:]  # the logits at the prompt's last position and each next one
+        for rank in (0, 1):
+            got = torch.load(tmp_path / f"{kind}.logits.{rank}", weights_only=True)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -116,3 +116,37 @@ def test_torchrun_world_two_grouped_query_logits_equal_the_single_process_model(
         for rank in (0, 1):
             got = torch.load(tmp_path / f"{kind}.logits.{rank}", weights_only=True)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ RoPE layout conversion with grouped-query attention
+@pytest.mark.parametrize("kind", ["gqa", "mqa", "mha"])
+def test_rope_layout_conversion_round_trips_grouped_query_models(make_gpt, kind):
+    from course_lib.text.rope import convert_qk_layout, set_rope_layout, to_interleaved
+    def sharp(seed: int):  # larger q/k weights: attention far from uniform, so positions (and layouts) matter
+        m = make_gpt(seed=seed, n_kv_head=HEADS[kind], dropout=0.0)
+        with torch.no_grad():
+            for b in m.blocks:
+                b.attn.qkv.weight.mul_(10)
+        return m
+
+    model = sharp(6)
+    x = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+        meta = to_interleaved(model)  # permuted q and k (k has n_kv_head heads) + the interleaved rotation
+        torch.testing.assert_close(meta(x), ref, rtol=1e-5, atol=1e-5)
+        sd = model.state_dict()
+        back = convert_qk_layout(convert_qk_layout(sd, 4, "interleaved"), 4, "rotate_half")
+        assert all(torch.equal(back[k], sd[k]) for k in sd)  # a permutation and its inverse: bit for bit
+        wrong = set_rope_layout(sharp(6), "interleaved")
+        assert (wrong(x) - ref).abs().max() > 1e-2  # the layout without the permutation is wrong  # the layout without the permutation is wrong
+    w, w_meta = sd["blocks.0.attn.qkv.weight"], meta.state_dict()["blocks.0.attn.qkv.weight"]
+    v_rows = slice(32 + HEADS[kind] * 8, None)
+    assert torch.equal(w_meta[v_rows], w[v_rows])  # v carries no rotation: untouched
+
+
+def test_rope_layout_conversion_names_a_wrong_head_count(make_gpt):
+    from course_lib.text.rope import convert_qk_layout
+    sd = make_gpt(seed=6, n_kv_head=1).state_dict()  # 32 + 2 * 8 rows
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight has shape \(48, 32\).*n_head 3"):
+        convert_qk_layout(sd, 3, "interleaved")  # 32 columns do not split into 3 heads

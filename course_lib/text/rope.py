@@ -45,9 +45,11 @@ def convert_qk_layout(state_dict: dict[str, torch.Tensor], n_head: int, to: str)
     """A copy of state_dict with every attention's q and k rows permuted into layout `to`.
 
     Only q and k carry RoPE; v and the output projection are untouched. The permutation is the
-    same within every head (rows h·d .. h·d + d - 1 of `attn.qkv.weight`, whose first n_embd
-    rows are q and next n_embd rows are k). This is what Hugging Face's LLaMA conversion script
-    does to Meta's checkpoints (to="rotate_half").
+    same within every head (rows h·d .. h·d + d - 1 of `attn.qkv.weight`, whose first n_head·d
+    rows are q, then n_kv_head·d rows of k, then as many of v). With grouped-query attention
+    k has fewer heads than q (n_kv_head < n_head, 1 for multi-query); n_kv_head is read from the
+    weight's shape, (n_head + 2·n_kv_head)·d rows. This is what Hugging Face's LLaMA conversion
+    script does to Meta's checkpoints (to="rotate_half").
     """
     if to not in LAYOUTS:
         raise ValueError(f"to must be one of {LAYOUTS}, got {to!r}")
@@ -57,10 +59,19 @@ def convert_qk_layout(state_dict: dict[str, torch.Tensor], n_head: int, to: str)
             continue
         n_embd = w.shape[1]
         d = n_embd // n_head
+        kv_rows2 = w.shape[0] - n_embd  # 2 · n_kv_head · d rows of k and v
+        if n_embd % n_head or kv_rows2 <= 0 or kv_rows2 % (2 * d):
+            raise ValueError(f"{name} has shape {tuple(w.shape)}, which is not (n_head + 2·n_kv_head)·head_dim rows "
+                             f"for n_head {n_head}: is n_head right for this checkpoint?")
+        n_kv_head = kv_rows2 // (2 * d)
         p = half_to_interleaved_perm(d)
         p = p if to == "interleaved" else torch.argsort(p)
-        rows = (torch.arange(n_head)[:, None] * d + p[None]).reshape(-1)  # per head, permuted
-        idx = torch.cat([rows, n_embd + rows, torch.arange(2 * n_embd, 3 * n_embd)])
+
+        def rows(heads: int, p: torch.Tensor = p) -> torch.Tensor:
+            return (torch.arange(heads)[:, None] * d + p[None]).reshape(-1)  # per head, permuted
+
+        kv = n_kv_head * d
+        idx = torch.cat([rows(n_head), n_embd + rows(n_kv_head), torch.arange(n_embd + kv, n_embd + 2 * kv)])
         out[name] = w[idx].clone()
     return out
 

@@ -41,6 +41,11 @@ def half_to_interleaved_perm(head_dim: int) -> torch.Tensor:
     return torch.arange(head_dim).view(2, head_dim // 2).t().reshape(-1)
 
 
+def _head_rows(heads: int, d: int, p: torch.Tensor) -> torch.Tensor:
+    """Row indices of `heads` consecutive heads of size d, each permuted by p."""
+    return (torch.arange(heads)[:, None] * d + p[None]).reshape(-1)
+
+
 def convert_qk_layout(state_dict: dict[str, torch.Tensor], n_head: int, to: str) -> dict[str, torch.Tensor]:
     """A copy of state_dict with every attention's q and k rows permuted into layout `to`.
 
@@ -66,12 +71,9 @@ def convert_qk_layout(state_dict: dict[str, torch.Tensor], n_head: int, to: str)
         n_kv_head = kv_rows2 // (2 * d)
         p = half_to_interleaved_perm(d)
         p = p if to == "interleaved" else torch.argsort(p)
-
-        def rows(heads: int, p: torch.Tensor = p) -> torch.Tensor:
-            return (torch.arange(heads)[:, None] * d + p[None]).reshape(-1)  # per head, permuted
-
         kv = n_kv_head * d
-        idx = torch.cat([rows(n_head), n_embd + rows(n_kv_head), torch.arange(n_embd + kv, n_embd + 2 * kv)])
+        idx = torch.cat([_head_rows(n_head, d, p), n_embd + _head_rows(n_kv_head, d, p),
+                         torch.arange(n_embd + kv, n_embd + 2 * kv)])
         out[name] = w[idx].clone()
     return out
 

@@ -150,3 +150,51 @@ def test_rope_layout_conversion_names_a_wrong_head_count(make_gpt):
     sd = make_gpt(seed=6, n_kv_head=1).state_dict()  # 32 + 2 * 8 rows
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight has shape \(48, 32\).*n_head 3"):
         convert_qk_layout(sd, 3, "interleaved")  # 32 columns do not split into 3 heads
+
+
+# ------------------------------------------------------------ the paged cache's bookkeeping
+def manager_state(m) -> tuple:
+    return list(m.free_blocks), list(m.ref), {s: list(t) for s, t in m.tables.items()}, dict(m.lengths)
+
+
+@pytest.mark.parametrize("n", [-3, -1, 2.0, True, "2", None])
+def test_block_manager_refuses_a_bad_token_count(n):
+    from course_lib.caches.paged_cache import BlockManager
+    m = BlockManager(4, 4)
+    m.add("a")
+    m.append("a", 2)
+    before = manager_state(m)
+    with pytest.raises(ValueError, match=r"n must be an int"):
+        m.append("a", n)
+    assert manager_state(m) == before and m.lengths["a"] == 2
+
+
+def test_a_failed_paged_step_reserves_nothing_not_even_copy_on_write_blocks():
+    from course_lib.caches.paged_cache import PagedKVCache, PoolExhausted
+    cache = PagedKVCache(n_layer=1, n_kv_head=1, head_dim=2, n_blocks=4, block_size=4)
+    m = cache.manager
+    cache.add("p")
+    cache.step(["p"], 6)  # blocks 0 (full) and 1 (half full)
+    cache.fork("p", "c1")
+    cache.fork("p", "c2")  # both share the half-full block 1: writing into it copies it first
+    before = manager_state(m)
+    assert m.num_free == 2
+    # c1: a copy of block 1 plus one new block (tokens 6..8), the pool's last two; c2 then finds none
+    with pytest.raises(PoolExhausted):
+        cache.step(["c1", "c2"], 3)
+    assert manager_state(m) == before  # free list (same order), reference counts, every table and length
+    assert m.num_free == 2
+    starts, slots, copies = m.reserve(["c1"], 3)  # the pool is usable as before the failure
+    assert starts == [6] and copies == [(1, 2)] and m.tables["c1"] == [0, 2, 3]
+
+
+def test_a_failed_append_after_copy_on_write_reserves_nothing():
+    from course_lib.caches.paged_cache import BlockManager, PoolExhausted
+    m = BlockManager(3, 4)
+    m.add("p")
+    m.append("p", 6)
+    m.fork("p", "c")
+    before = manager_state(m)
+    with pytest.raises(PoolExhausted):
+        m.append("c", 7)  # the copy of block 1 fits, the block after it does not
+    assert manager_state(m) == before

@@ -27,6 +27,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from course_lib.core.checks import check_int
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 
 SeqId = Hashable
@@ -41,9 +42,7 @@ class BlockManager:
     """Block tables, a free list and reference counts for a pool of `n_blocks` blocks of `block_size` slots."""
 
     def __init__(self, n_blocks: int, block_size: int):
-        for name, v in [("n_blocks", n_blocks), ("block_size", block_size)]:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        n_blocks, block_size = check_int("n_blocks", n_blocks, low=1), check_int("block_size", block_size, low=1)
         self.n_blocks, self.block_size = n_blocks, block_size
         self.free_blocks: deque[int] = deque(range(n_blocks))  # lowest numbers first: worked examples stay readable
         self.ref = [0] * n_blocks                              # how many sequences use each block
@@ -79,35 +78,73 @@ class BlockManager:
         whose contents the caller must copy first (copy-on-write of a shared, partly filled last block).
         All or nothing: if the pool runs out, nothing is reserved and PoolExhausted names the fix.
         """
-        self._check(seq)
-        snapshot = (deque(self.free_blocks), list(self.ref), list(self.tables[seq]), self.lengths[seq])
-        try:
-            return self._append(seq, n)
-        except PoolExhausted:
-            self.free_blocks, self.ref, self.tables[seq], self.lengths[seq] = snapshot
-            raise
+        _, slots, copies = self.reserve([seq], n)
+        return slots[0], copies
 
-    def _append(self, seq: SeqId, n: int) -> tuple[list[int], list[tuple[int, int]]]:
+    def reserve(self, seqs: Sequence[SeqId], n: int) -> tuple[list[int], list[list[int]], list[tuple[int, int]]]:
+        """Reserve n more slots for each sequence of one step -> (starts, slots per sequence, copies).
+
+        All or nothing over the whole step: if the pool runs out for any sequence, every change made
+        for the others is undone too (blocks allocated, copy-on-write copies and the reference counts
+        they moved, tables, lengths), so the free list, the counts and every table are as before and a
+        caller can free something and retry. Only after success should the caller copy `copies`.
+        """
+        check_int("n", n, low=0)  # tokens per sequence: a negative length would corrupt the table
+        if len(set(seqs)) != len(seqs):
+            raise ValueError(f"seqs must name each sequence once, got {list(seqs)}")
+        for seq in seqs:
+            self._check(seq)
+        undo: list[tuple] = []  # what to reverse, in order, if the step fails
+        starts, slots, copies = [], [], []
+        try:
+            for seq in seqs:
+                starts.append(self.lengths[seq])
+                new_slots, new_copies = self._append(seq, n, undo)
+                slots.append(new_slots)
+                copies += new_copies
+        except PoolExhausted:
+            self._undo(undo)
+            raise
+        return starts, slots, copies
+
+    def _append(self, seq: SeqId, n: int, undo: list[tuple]) -> tuple[list[int], list[tuple[int, int]]]:
         table, start, bs = self.tables[seq], self.lengths[seq], self.block_size
+        undo.append(("table", seq, list(table), start))
         copies = []
         if n and start % bs and self.ref[table[-1]] > 1:  # writing into a block another sequence still reads
             old = table[-1]
-            table[-1] = self._allocate(seq, start)
+            table[-1] = self._allocate(seq, start, undo)
             self.ref[old] -= 1
+            undo.append(("unref", old))
             copies.append((old, table[-1]))
         while len(table) * bs < start + n:
-            table.append(self._allocate(seq, len(table) * bs))
+            table.append(self._allocate(seq, len(table) * bs, undo))
         self.lengths[seq] = start + n
         return [self.slot(seq, p) for p in range(start, start + n)], copies
 
-    def _allocate(self, seq: SeqId, position: int) -> int:
+    def _allocate(self, seq: SeqId, position: int, undo: list[tuple]) -> int:
         if not self.free_blocks:
             raise PoolExhausted(f"KV block pool exhausted: sequence {seq!r} needs a block for token {position} and all "
                                 f"{self.n_blocks} blocks of {self.block_size} slots are in use; free() finished "
                                 f"sequences or build the cache with more blocks (n_blocks > {self.n_blocks})")
         block = self.free_blocks.popleft()
         self.ref[block] = 1
+        undo.append(("alloc", block))
         return block
+
+    def _undo(self, undo: list[tuple]) -> None:
+        """Reverse a failed step's changes, last first: blocks go back to the front of the free list in
+        their old order, copy-on-write sources get their reader back, tables and lengths their old values."""
+        for entry in reversed(undo):
+            if entry[0] == "alloc":
+                self.ref[entry[1]] = 0
+                self.free_blocks.appendleft(entry[1])
+            elif entry[0] == "unref":
+                self.ref[entry[1]] += 1
+            else:
+                _, seq, table, length = entry
+                self.tables[seq][:] = table
+                self.lengths[seq] = length
 
     def slot(self, seq: SeqId, position: int) -> int:
         """Where token `position` of `seq` lives: block table[position // block_size], offset position % block_size."""
@@ -210,33 +247,11 @@ class PagedKVCache:
             raise ValueError(f"n_new must be an int >= 1 (tokens per sequence this step), got {n_new!r}")
         if len(set(seq_ids)) != len(seq_ids) or not seq_ids:
             raise ValueError(f"seq_ids must name each sequence once (one row each), got {list(seq_ids)}")
-        manager, done, slots, starts = self.manager, [], [], []
-        try:
-            for seq in seq_ids:
-                start = manager.lengths.get(seq, 0)
-                new_slots, copies = manager.append(seq, n_new)
-                done.append(seq)
-                starts.append(start)
-                for src, dst in copies:  # copy-on-write: every layer's keys and values of the shared block
-                    self.k[:, dst] = self.k[:, src]
-                    self.v[:, dst] = self.v[:, src]
-                slots.append(new_slots)
-        except PoolExhausted:
-            for seq, start in zip(done, starts, strict=True):
-                self._truncate(seq, start)
-            raise
+        starts, slots, copies = self.manager.reserve(seq_ids, n_new)  # all or nothing (PoolExhausted)
+        for src, dst in copies:  # copy-on-write: every layer's keys and values of the shared block
+            self.k[:, dst] = self.k[:, src]
+            self.v[:, dst] = self.v[:, src]
         return PagedStep(self, seq_ids, starts, slots)
-
-    def _truncate(self, seq: SeqId, length: int) -> None:
-        """Undo a reservation: drop the blocks past `length` tokens (used only to roll back a failed step)."""
-        m = self.manager
-        keep = math.ceil(length / self.block_size)
-        for b in m.tables[seq][keep:]:
-            m.ref[b] -= 1
-            if m.ref[b] == 0:
-                m.free_blocks.appendleft(b)
-        del m.tables[seq][keep:]
-        m.lengths[seq] = length
 
 
 class PagedStep:

@@ -198,3 +198,73 @@ def test_a_failed_append_after_copy_on_write_reserves_nothing():
     with pytest.raises(PoolExhausted):
         m.append("c", 7)  # the copy of block 1 fits, the block after it does not
     assert manager_state(m) == before
+
+
+# ------------------------------------------------------------ beam search when eos ids lead
+def first_token_order(model, prompt: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        return model(prompt)[0, -1].argsort(descending=True).tolist()
+
+
+def test_beam_search_when_several_top_candidates_are_eos_ids(make_gpt):
+    from course_lib.decoding.beam import beam_search
+    model = make_gpt(seed=7, vocab_size=8, n_embd=16, n_layer=1, n_head=2, block_size=16, dropout=0.0)
+    prompt = torch.tensor([[1, 2, 3]])
+    order = first_token_order(model, prompt)
+    # one beam, the two most likely first tokens both eos: the 2 * num_beams candidates held no live beam
+    r = beam_search(model, prompt, 4, 1, eos_token_id=order[:2])
+    # HF's rules: the best candidate (eos, rank 0) finishes; its score equals the best live extension's
+    # at length 1, so with early_stopping=False the row is done: the answer is that one token
+    assert r.sequences[0, 3:].tolist() == [order[0]] and r.steps == 1
+    r3 = beam_search(model, prompt, 4, 2, eos_token_id=order[:3])  # three eos ids lead, two beams
+    assert r3.sequences.shape[0] == 1 and r3.hypotheses[0]
+
+
+def test_beam_search_when_every_token_is_an_eos_id(make_gpt):
+    from course_lib.decoding.beam import beam_search
+    model = make_gpt(seed=7, vocab_size=8, n_embd=16, n_layer=1, n_head=2, block_size=16, dropout=0.0)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    r = beam_search(model, prompt, 5, 2, eos_token_id=list(range(8)))
+    # every continuation ends at once: the best is the most likely single token, for each row
+    assert r.sequences[:, 3:].tolist() == [[first_token_order(model, prompt[i:i + 1])[0]] for i in range(2)]
+    assert r.steps == 1 and all(len(h) == 2 for h in r.hypotheses)
+
+
+def exhaustive_best(model, prompt: torch.Tensor, max_new: int, eos: list[int], length_penalty: float):
+    """Every continuation the rules allow (ends at its first eos id, or runs max_new tokens), scored
+    sum_logprob / length ** length_penalty: what beam search returns when its beams hold all of them."""
+    V = model.h_params["vocab_size"]
+    best, frontier = None, [([], 0.0)]
+    for length in range(1, max_new + 1):
+        nxt = []
+        for toks, total in frontier:
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.cat([prompt, torch.tensor([toks], dtype=torch.long)], 1)
+                                               if toks else prompt)[0, -1].double(), -1)
+            for t in range(V):
+                cand = (toks + [t], total + float(logp[t]))
+                if t in eos or length == max_new:
+                    score = cand[1] / length ** length_penalty
+                    if best is None or score > best[0]:
+                        best = (score, cand[0])
+                if t not in eos:
+                    nxt.append(cand)
+        frontier = nxt
+    return best
+
+
+@pytest.mark.parametrize("early_stopping", [False, "never"])
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_beam_search_with_several_eos_ids_equals_the_rules_by_enumeration(make_gpt, length_penalty, early_stopping):
+    from course_lib.decoding.beam import beam_search
+    model = make_gpt(seed=8, vocab_size=6, n_embd=16, n_layer=1, n_head=2, block_size=16, dropout=0.0)
+    prompt = torch.tensor([[1, 2, 3]])
+    order = first_token_order(model, prompt)
+    eos = [order[0], order[2]]  # the most likely first token and another one are eos ids
+    want_score, want = exhaustive_best(model, prompt, 3, eos, length_penalty)
+    assert want[-1] in eos  # the case under test: a finished (eos) hypothesis wins
+    # 96 beams hold every live continuation (4 non-eos first tokens, 16 pairs; 96 candidates at step 3):
+    # beam search under HF's rules then finds the best of all continuations
+    r = beam_search(model, prompt, 3, 96, eos_token_id=eos, length_penalty=length_penalty,
+                    early_stopping=early_stopping)
+    assert r.sequences[0, 3:].tolist() == want and r.scores[0] == pytest.approx(want_score, abs=1e-9)

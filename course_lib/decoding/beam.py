@@ -2,10 +2,11 @@
 
 Hugging Face semantics (`BeamSearchScorer`, `BeamHypotheses`):
 
-- every step, each of the `num_beams` live beams is extended by every token; the 2 * num_beams best
-  extensions (by summed log-probability) are looked at in order: an extension ending in an eos id
-  is a *finished hypothesis* (only if it ranks among the first num_beams), the others become the
-  next beams until there are num_beams of them;
+- every step, each of the `num_beams` live beams is extended by every token; the
+  max(2, 1 + n_eos) * num_beams best extensions (by summed log-probability; n_eos = how many eos
+  ids) are looked at in order: an extension ending in an eos id is a *finished hypothesis* (only if
+  it ranks among the first num_beams), the others become the next beams until there are num_beams
+  of them; if every token is an eos id no beam can continue and the row is finished;
 - a finished hypothesis is scored sum_logprob / generated_length ** length_penalty (the length
   counts the eos token) and kept in a heap that holds the num_beams best ones;
 - early stopping: True ends a row as soon as num_beams hypotheses are finished; False (the default,
@@ -150,7 +151,10 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
         logp = torch.log_softmax(logits.double(), dim=-1)                      # (B*K, V)
         V = logp.shape[-1]
         cand = (logp + beam_scores.view(-1, 1)).view(B, K * V)
-        top_scores, top_idx = torch.topk(cand, min(2 * K, K * V), dim=1)       # (B, 2K), best first
+        # HF keeps max(2, 1 + n_eos) * K candidates: each beam has at most n_eos eos extensions, so at
+        # least K are not eos and K beams can always continue (2K alone fails when several eos ids lead).
+        n_keep = min(max(2, 1 + len(eos)) * K, K * V)
+        top_scores, top_idx = torch.topk(cand, n_keep, dim=1)                   # (B, n_keep), best first
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()             # one transfer per step
         prev = x[:, T:].tolist()
         new_rows, new_tokens, new_scores = [], [], []
@@ -174,7 +178,12 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
                 if chosen == K:
                     break
             done[b] = hyps[b].is_done(max(top_scores[b]), step + 1)
-        rows = torch.tensor(new_rows, device=dev)
+            if chosen < K:  # every token is an eos id: no beam can continue, the row is finished
+                new_rows += [b * K] * (K - chosen)
+                new_tokens += [pad] * (K - chosen)
+                new_scores += [NEG] * (K - chosen)
+                done[b] = True
+        rows = torch.tensor(new_rows, dtype=torch.long, device=dev)
         x = torch.cat([x.index_select(0, rows), torch.tensor(new_tokens, device=dev)[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask.index_select(0, rows), torch.ones(B * K, 1, dtype=mask.dtype, device=dev)], dim=1)

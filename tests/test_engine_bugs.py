@@ -268,3 +268,66 @@ def test_beam_search_with_several_eos_ids_equals_the_rules_by_enumeration(make_g
     r = beam_search(model, prompt, 3, 96, eos_token_id=eos, length_penalty=length_penalty,
                     early_stopping=early_stopping)
     assert r.sequences[0, 3:].tolist() == want and r.scores[0] == pytest.approx(want_score, abs=1e-9)
+
+
+# ------------------------------------------------------------ argument checks through core.checks
+def test_is_valid_keeps_the_rule_of_the_check():
+    import numpy as np
+
+    from course_lib.core.checks import check_float, check_int, check_probability, is_valid
+    assert is_valid(check_int, np.int64(3), low=1) and not is_valid(check_int, True, low=1)
+    assert not is_valid(check_int, 2.0, low=1) and is_valid(check_int, None, low=1, optional=True)
+    assert not is_valid(check_float, float("nan"), low=0.0, finite=False)  # NaN is never a number here
+    assert is_valid(check_float, float("inf"), low=0.0, finite=False) and not is_valid(check_float, float("inf"))
+    assert not is_valid(check_probability, float("nan")) and is_valid(check_probability, 1.0)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(temperature=float("nan")), "temperature must be a number >= 0 (0 means greedy), got nan"),
+    (dict(temperature=float("inf")), "temperature must be finite"),
+    (dict(top_p=float("nan")), "top_p must be None or a number in (0, 1], got nan"),
+    (dict(top_p=float("inf")), "top_p must be None or a number in (0, 1]"),
+    (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number > 0"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number > 0"),
+    (dict(top_k=float("inf")), "top_k must be None or an int >= 1"),
+    (dict(max_new_tokens=float("nan")), "max_new_tokens must be an int >= 0"),
+    (dict(max_new_tokens=True), "max_new_tokens must be an int >= 0"),
+])
+def test_sampling_arguments_refuse_nan_and_inf_everywhere(kwargs, needle):
+    from course_lib.decoding.sampling import check_sampling_args
+    with pytest.raises(ValueError) as err:
+        check_sampling_args(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_sampling_arguments_accept_numpy_scalars():
+    import numpy as np
+
+    from course_lib.decoding.sampling import check_sampling_args
+    check_sampling_args(np.float32(0.7), np.int64(5), np.float64(0.9), np.int64(3), np.float32(1.2))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_sequence_logprobs_refuses_a_bad_batch_size(make_gpt, batch_size):
+    from course_lib.decoding.scoring import sequence_logprobs
+    from course_lib.text.tokenizer import get_encoding
+    enc = get_encoding()
+    model = make_gpt(vocab_size=enc.n_vocab, n_embd=16, n_layer=1, n_head=2, block_size=32, dropout=0.0)
+    with pytest.raises(ValueError, match="batch_size must be an int"):
+        sequence_logprobs(model, enc, [("a", "b")], batch_size=batch_size)  # -1 returned [] and 0 a range() error
+
+
+def test_time_fn_and_group_size_and_n_kv_head_checks():
+    from course_lib.caches.quantize import check_group_size
+    from course_lib.core.timing import time_fn
+    for bad in (0, True, 2.5):
+        with pytest.raises(ValueError, match="repeats must be an int"):
+            time_fn(lambda: None, repeats=bad)
+    with pytest.raises(ValueError, match="warmup must be an int >= 0"):
+        time_fn(lambda: None, warmup=-1)
+    for bad in (3, 0, True, 4.0):
+        with pytest.raises(ValueError, match="group_size must be an even int >= 2"):
+            check_group_size(bad, 64)
+    for bad in (3, 0, True, 2.0):
+        with pytest.raises(ValueError, match=r"n_kv_head .* must be an int >= 1 that divides n_head \(4\)"):
+            Attention(32, 4, n_kv_head=bad)

@@ -7,7 +7,6 @@ the folder is the run, the file is one moment of it.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from course_lib.act.model import DEFAULT_CONFIG, ACTReasoner
 from course_lib.core.checkpoints import CheckpointError, common_prefix, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.checks import check_float, check_int, is_valid
 from course_lib.core.paths import CHECKPOINTS, display_path
 
 CONFIG_NAME = "all_config.json"
@@ -54,10 +54,9 @@ def check_config(cfg: object, path: str | Path = CONFIG_NAME) -> None:
         if isinstance(default, bool):
             ok, want = isinstance(value, bool), "true or false"
         elif isinstance(default, int):
-            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "an integer >= 1"
+            ok, want = is_valid(check_int, value, low=1), "an integer >= 1"
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-            want = "a finite number >= 0"
+            ok, want = is_valid(check_float, value, low=0.0), "a finite number >= 0"
         if not ok:
             raise CheckpointError(f"{shown}: {key!r} must be {want}, got {value!r}; fix the value or restore the saved config.")
     merged = {**DEFAULT_CONFIG, **cfg}

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.core.checks import check_int, is_valid
+
 __all__ = ["SCHEMES", "quantize", "quantize_int8", "quantize_int4", "quantize_bf16", "weight_bytes",
            "quantize_per_channel_int8", "dequantize_int8", "quantize_groups_int4", "dequantize_int4",
            "pack_int4", "unpack_int4", "Int8Linear", "Int4Linear", "QuantizedEmbedding"]
@@ -66,7 +68,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def check_group_size(group_size: object, in_features: int, where: str = "") -> int:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+    if not is_valid(check_int, group_size, low=2) or group_size % 2:
         raise ValueError(f"group_size must be an even int >= 2 (e.g. 32), got {group_size!r}")
     if in_features % group_size:
         divisors = [g for g in (16, 32, 64, 128, 256) if in_features % g == 0]

@@ -10,14 +10,14 @@ as False, so a range check alone lets it through.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
 import torch
 
 __all__ = ["check_int", "check_float", "check_probability", "check_choice", "check_nonempty",
-           "check_token_ids", "check_attention_mask", "check_pad_id"]
+           "check_token_ids", "check_attention_mask", "check_pad_id", "is_valid"]
 
 
 def _name(value: Any) -> str:
@@ -132,3 +132,13 @@ def check_attention_mask(mask: Any, ids: torch.Tensor, *, left_padded: bool = Tr
 def check_pad_id(pad_token_id: Any, vocab_size: int, *, optional: bool = True) -> int | None:
     """A pad id inside the vocabulary (it is fed to the embedding, then masked)."""
     return check_int("pad_token_id", pad_token_id, low=0, high=vocab_size - 1, optional=optional)
+
+
+def is_valid(check: Callable[..., Any], value: Any, **rules: Any) -> bool:
+    """True when `check` accepts value under `rules` (e.g. `is_valid(check_int, k, low=1)`): the rule
+    stays here while a caller keeps its own message (a chapter's hint, an exact text a notebook shows)."""
+    try:
+        check("value", value, **rules)
+    except ValueError:
+        return False
+    return True

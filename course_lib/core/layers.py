@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.core.checks import check_int, is_valid
+
 
 class RMSNorm(nn.Module):
     """Scale by the root mean square (no mean subtraction, no bias): cheaper than LayerNorm, as in LLaMA."""
@@ -112,7 +114,7 @@ class Attention(nn.Module):
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
-        if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1 or n_head % n_kv_head:
+        if not is_valid(check_int, n_kv_head, low=1) or n_head % n_kv_head:
             raise ValueError(f"n_kv_head ({n_kv_head!r}) must be an int >= 1 that divides n_head ({n_head}); "
                              f"n_kv_head = n_head is plain multi-head attention, 1 is multi-query")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, n_embd // n_head

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from course_lib.core.checks import check_int
+
 
 def sync(device: str | torch.device | None = None) -> None:
     """Wait until all queued work on `device` is finished (a no-op on the CPU, which runs eagerly)."""
@@ -51,10 +53,7 @@ def time_fn(fn: Callable[[], Any], device: str | torch.device | None = "cpu", re
             warmup: int = 1) -> Timing:
     """Call fn() `warmup` times untimed, then `repeats` times timed (device synchronised before
     each clock read); `.seconds` is the median."""
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    repeats, warmup = check_int("repeats", repeats, low=1), check_int("warmup", warmup, low=0)
     for _ in range(warmup):
         fn()
     sync(device)

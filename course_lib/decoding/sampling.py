@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import torch
+
+from course_lib.core.checks import check_float, check_int, check_probability, is_valid
 
 MIN_TEMPERATURE = 1e-6  # smallest temperature > 0: |logit| / 1e-6 stays far below float32's 3.4e38
 
@@ -31,21 +32,21 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     NumPy scalars count as numbers (np.float32(0.7), np.int64(5)). A temperature between 0 and
     MIN_TEMPERATURE is refused: logits / 1e-300 overflow to inf and the softmax turns into NaN.
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, Real) or temperature != temperature or temperature < 0:
+    # The rules live in core.checks (NaN and inf refused everywhere); the messages keep this chapter's hints.
+    if not is_valid(check_float, temperature, low=0.0, finite=False):  # inf: its own message below
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
     if math.isinf(temperature):
         raise ValueError("temperature must be finite (inf would make every token equally likely); use a value such as 1.0")
     if 0 < temperature < MIN_TEMPERATURE:
         raise ValueError(f"temperature {temperature!r} is too small to divide by (the logits overflow to inf, then NaN); "
                          f"use 0 for greedy or a value >= {MIN_TEMPERATURE}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 1):
+    if not is_valid(check_int, top_k, low=1, optional=True):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, Real) or not 0.0 < top_p <= 1.0):
+    if not is_valid(check_probability, top_p, optional=True):
         raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral) or max_new_tokens < 0):
+    if not is_valid(check_int, max_new_tokens, low=0, optional=True):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, Real)
-            or not repetition_penalty > 0 or repetition_penalty == float("inf")):
+    if not is_valid(check_float, repetition_penalty, low=0.0, low_open=True):
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1.0 = off, > 1 discourages repeats), "
                          f"got {repetition_penalty!r}")
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from course_lib.core.checks import check_int
+
 
 def _pair_ids(enc, prompt: str, continuation: str, block_size: int) -> tuple[list[int], int]:
     if not isinstance(prompt, str) or not isinstance(continuation, str):
@@ -31,6 +33,7 @@ def _pair_ids(enc, prompt: str, continuation: str, block_size: int) -> tuple[lis
 @torch.no_grad()
 def sequence_logprobs(model, enc, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> list[dict]:
     """sequence_logprob for many (prompt, continuation) pairs, batch_size rows per forward pass."""
+    check_int("batch_size", batch_size, low=1)  # 0 would never advance, a negative size would score nothing
     out: list[dict] = []
     rows = [_pair_ids(enc, p, c, model.block_size) for p, c in pairs]
     for start in range(0, len(rows), batch_size):

@@ -22,7 +22,6 @@ code 2 for a missing prompt file or checkpoint, END never sampled first (no empt
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -34,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from course_lib.core.checkpoints import CheckpointError
+from course_lib.core.checks import check_float, is_valid
 from course_lib.core.device import pick_device
 from course_lib.core.files import atomic_write, check_output_folder, claim_numbered_folder
 from course_lib.core.paths import RUNS, display_path
@@ -133,7 +133,7 @@ def _main(argv: list[str] | None) -> int:
         if not p.is_file():
             ap.error(f"{flag}: checkpoint not found: {display_path(p)} "
                      "(pass the right file, or rebuild the shipped ones with `make checkpoints`)")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
+    if not is_valid(check_float, args.temperature, low=0.0):
         ap.error(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if (args.top_k is not None and args.top_k < 1) or args.max_chars < 1:
         ap.error("--top_k must be >= 1 and --max_chars >= 1")

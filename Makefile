@@ -4,8 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+# JupyterLab refuses to start as root without --allow-root (root is the default user in containers).
+USER_ID  ?= $(shell id -u)
+ROOT_ARG := $(if $(filter 0,$(USER_ID)),--allow-root,)
+LAB_ARGS ?=
 
-.PHONY: install lab test test-unit test-notebooks test-gpu course release grade checkpoints bench clean
+.PHONY: install lab lab-student test test-unit test-notebooks test-gpu wheelhouse course release grade checkpoints bench clean
 
 install: $(STAMP)
 
@@ -16,8 +20,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The course notebooks, solutions included. Extra flags: make lab LAB_ARGS="--port 8890 --no-browser".
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(ROOT_ARG) $(LAB_ARGS) notebooks/
+
+# Self-learners: a student copy (no solutions) in build/student/, made once and then kept, so your
+# answers survive the next `make lab-student` (delete build/student for a fresh copy).
+lab-student: install
+	@if [ -e build/student ]; then echo "opening your existing copy in build/student (delete it for a fresh release)"; \
+	else $(BIN)/python -m course_lib.course.release --out build/student; fi
+	$(BIN)/jupyter lab $(ROOT_ARG) $(LAB_ARGS) build/student/
 
 test: install
 	$(BIN)/ruff check .
@@ -37,9 +49,10 @@ test-gpu: install
 	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests -q --ignore=tests/test_notebooks_on_device.py && \
 	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_notebooks_on_device.py -q
 
-# Instructors: run every notebook headless into build/ (PARAMS=params.yaml gives per-notebook parameters).
+# Instructors: run the notebooks headless into a new build/run-NNN/ (summary, HTML pages, index.html).
+# make course ONLY="02 05" PARAMS=params.yaml COURSE_ARGS="-p device auto"
 course: install
-	$(BIN)/python -m course_lib.course.run_course --out build $(if $(PARAMS),--params $(PARAMS),)
+	$(BIN)/python -m course_lib.course.run_course --out build $(if $(ONLY),--only $(ONLY),) $(if $(PARAMS),--params $(PARAMS),) $(COURSE_ARGS)
 
 # Instructors: a student copy of every notebook (no solutions) in build/student/.
 release: install

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "build", help="folder for run folders (default: build/)")
     ap.add_argument("--params", type=Path, help="YAML file of parameters per notebook")
+    ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS, metavar="DIR",
+                    help="folder of NN_*.ipynb notebooks to run (default: notebooks/; e.g. build/student for a release)")
     ap.add_argument("--only", nargs="*", default=None, metavar="NB",
                     help="notebook numbers or names to run, e.g. --only 02 05 (default: all)")
     ap.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
@@ -184,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    books = notebooks()
+    books = notebooks(args.notebooks)
     if not books:
-        ap.error(f"no notebooks found in {display_path(NOTEBOOKS)}")
+        ap.error(f"no notebooks (NN_name.ipynb) found in {display_path(args.notebooks)}")
     if args.list:
         for nb in books:
             print(f"{nb.stem}\n    " + ", ".join(f"{k}={v!r}" for k, v in declared_parameters(nb).items()))
@@ -283,7 +285,7 @@ def _execute_one(nb: Path, row, run_dir: Path, *, timeout: float | None, html: b
     row.status = "running"
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(nb), str(tmp), parameters=row.parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
+        pm.execute_notebook(str(nb), str(tmp), parameters=row.parameters, cwd=str(nb.parent), kernel_name="python3",
                             progress_bar=bar, execution_timeout=timeout, kernel_manager_class=QuietKernelManager)
         row.status = "ok"
     except pm.PapermillExecutionError as exc:  # a cell raised: the notebook's own message, one line
@@ -300,7 +302,7 @@ def _execute_one(nb: Path, row, run_dir: Path, *, timeout: float | None, html: b
         os.replace(tmp, final)
         if html:
             try:
-                page = export_html(final, final.with_suffix(".html"), base=NOTEBOOKS)
+                page = export_html(final, final.with_suffix(".html"), base=nb.parent)
                 row.html = page.name
             except Exception as exc:  # the executed notebook is still there; say why there is no page
                 row.error = row.error or f"HTML export failed: {type(exc).__name__}: {first_line(str(exc))}"

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_usage(sys.stderr)
         for line in problems:
             print(f"{ap.prog}: error: {line}", file=sys.stderr)
-        return 2
+        ap.exit(2)  # SystemExit(2), as argparse's own errors
 
     run_dir = new_run_dir(args.out)
     progress = args.progress or ("bar" if sys.stderr.isatty() else "none")

@@ -42,12 +42,31 @@ test-unit: install
 test-notebooks: install
 	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
 
-# On a CUDA machine: the unit tests with COURSE_TEST_DEVICE=cuda, then every notebook with device="auto".
-test-gpu: install
-	@if ! $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
-		echo "no CUDA device: make test-gpu skipped"; exit 0; fi; \
-	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests -q --ignore=tests/test_notebooks_on_device.py && \
-	COURSE_TEST_DEVICE=cuda $(BIN)/python -m pytest tests/test_notebooks_on_device.py -q
+# A GPU machine without network. On a machine with network (same OS, CPU architecture and Python
+# version as the GPU machine, or pass pip's --platform/--python-version/--only-binary=:all: in WHEEL_ARGS):
+#   make wheelhouse           every requirement except torch, as wheels, into wheelhouse/
+# then copy the clone (with wheelhouse/) over and, with the GPU machine's own CUDA torch:
+#   make test-gpu PYTHON=/path/to/python-with-cuda-torch
+# test-gpu makes .venv-gpu with --system-site-packages (that interpreter's torch is used), installs from
+# wheelhouse/ only, and runs tests/gpu_run.py: unit tests on cuda, every notebook with device="auto",
+# decode tokens/s at batch 1 and 16, report in benchmarks/gpu_report.md. Without CUDA: one line, exit 0.
+WHEELHOUSE := wheelhouse
+GPU_VENV   := build/venv-gpu
+WHEEL_ARGS ?=
+
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	grep -v '^torch==' requirements.txt > $(WHEELHOUSE)/requirements.txt
+	$(PYTHON) -m pip download --dest $(WHEELHOUSE) $(WHEEL_ARGS) -r $(WHEELHOUSE)/requirements.txt
+
+test-gpu:
+	@if ! $(PYTHON) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then \
+		echo "no CUDA device (or no torch) in $(PYTHON): make test-gpu skipped (pass PYTHON=/path/to/python-with-cuda-torch)"; exit 0; fi; \
+	test -f $(WHEELHOUSE)/requirements.txt || { echo "no $(WHEELHOUSE)/: run make wheelhouse on a machine with network first"; exit 2; }; \
+	set -e; \
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(GPU_VENV); \
+	$(GPU_VENV)/bin/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt; \
+	PYTHONPATH=$(CURDIR) $(GPU_VENV)/bin/python tests/gpu_run.py
 
 # Instructors: run the notebooks headless into a new build/run-NNN/ (summary, HTML pages, index.html).
 # make course ONLY="02 05" PARAMS=params.yaml COURSE_ARGS="-p device auto"

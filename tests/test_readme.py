@@ -145,17 +145,21 @@ def test_chapter_table_links_every_notebook_with_a_run_time():
 
 
 def test_nothing_points_outside_the_repository():
-    """No tracked file names the workspace the course was built in (a clone does not have it)."""
+    """No tracked file has a relative path that climbs out of the repository, or a path on the machine
+    the course was built on (a clone has neither)."""
     files = run(["git", "ls-files"]).stdout.split()
     if not files:
         pytest.skip("not a git checkout")
     bad = []
     for name in files:
         path = REPO_ROOT / name
-        if path.suffix not in (".py", ".md", ".ipynb", ".cfg", ".toml", ".txt", ".json", "") or not path.is_file():
+        if path.suffix not in (".py", ".md", ".ipynb", ".cfg", ".toml", ".txt", ".json", ".yaml", "") or not path.is_file():
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        bad += [f"{name}: {m}" for m in re.findall(r"\.\./shared/\S*|/work/shared\S*", text)]
+        for rel in re.findall(r"(?<![\w./])((?:\.\./)+[\w.-]+)", text):
+            if not (path.parent / rel).resolve().is_relative_to(REPO_ROOT):
+                bad.append(f"{name}: {rel}")
+        bad += [f"{name}: {m}" for m in re.findall(r"(?<![\w.])/work/[\w.-]+", text)]
     assert not bad, bad
 
 

@@ -8,6 +8,8 @@ NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 USER_ID  ?= $(shell id -u)
 ROOT_ARG := $(if $(filter 0,$(USER_ID)),--allow-root,)
 LAB_ARGS ?=
+# Kernels with CurveZMQ keys (jupyter_client >= 8.10, pyzmq with Curve): no "running over TCP without encryption".
+ENCRYPT  := $$($(BIN)/python -c 'import zmq; print("--KernelManager.transport_encryption=auto" if zmq.has("curve") else "")')
 
 .PHONY: install lab lab-student test test-unit test-notebooks test-gpu wheelhouse course release grade checkpoints bench clean
 
@@ -22,14 +24,14 @@ $(STAMP): requirements.txt pyproject.toml
 
 # The course notebooks, solutions included. Extra flags: make lab LAB_ARGS="--port 8890 --no-browser".
 lab: install
-	$(BIN)/jupyter lab $(ROOT_ARG) $(LAB_ARGS) notebooks/
+	$(BIN)/jupyter lab $(ROOT_ARG) $(ENCRYPT) $(LAB_ARGS) notebooks/
 
 # Self-learners: a student copy (no solutions) in build/student/, made once and then kept, so your
 # answers survive the next `make lab-student` (delete build/student for a fresh copy).
 lab-student: install
 	@if [ -e build/student ]; then echo "opening your existing copy in build/student (delete it for a fresh release)"; \
 	else $(BIN)/python -m course_lib.course.release --out build/student; fi
-	$(BIN)/jupyter lab $(ROOT_ARG) $(LAB_ARGS) build/student/
+	$(BIN)/jupyter lab $(ROOT_ARG) $(ENCRYPT) $(LAB_ARGS) build/student/
 
 test: install
 	$(BIN)/ruff check .

@@ -58,6 +58,9 @@ Where each module is taught (chapter = notebook number):
     course.release               the student release without solutions                     (instructors)
     course.grade                 grading hand-ins, one CSV row per notebook                (instructors)
     course.run_course            every notebook headless with papermill                    (instructors)
+    course.params                parameters are data: safe YAML, literals only, all problems at once  (instructors)
+    course.report                a run's summary.csv / summary.md, HTML pages, index.html  (instructors)
+    course.kernels               the kernel manager the tools start notebooks with (encrypted, quiet)  (instructors)
 
 The public names below are importable from the top level (``from course_lib import load_gpt``)
 wherever their module lives; they load on first use so that ``import course_lib`` stays cheap.

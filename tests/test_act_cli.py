@@ -1,4 +1,7 @@
-"""Seed 000's inference CLI: console output, saved files, and clear exit-2 errors on bad input."""
+"""Seed 000's inference CLI: console output, saved files, and clear exit-2 errors on bad input.
+
+Seed 000 is one of the course's source documents: notebooks/SOURCES.md#seed-000.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Seed 002's engine: generate() then infer() fails with a phase flag; each fix works; the engine check CLI."""
+"""Seed 002's engine: generate() then infer() fails with a phase flag; each fix works; the engine check CLI.
+
+Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
+"""
 
 from __future__ import annotations
 

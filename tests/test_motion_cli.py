@@ -1,4 +1,7 @@
-"""The batch CLI (seed 004): numbered folders, bad lines skipped, clear exit code 2 on missing files."""
+"""The batch CLI (seed 004): numbered folders, bad lines skipped, clear exit code 2 on missing files.
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
+"""
 
 import subprocess
 import sys

@@ -1,6 +1,9 @@
 """Chapter 05 as specifications: RoPE layouts convert exactly, shifts are invisible in fp32, position
 ids from lengths and from masks agree, wrong position ids in a padded batch change the output
-(and the right ones do not), and the past-the-trained-length measurements are what they claim."""
+(and the right ones do not), and the past-the-trained-length measurements are what they claim.
+
+Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
+"""
 
 from __future__ import annotations
 

@@ -9,4 +9,6 @@
 - `split_metrics` : the reference metrics over a whole split, with 95% intervals
 - `arc_evaluator` : ARC-style voting over augmented variants, pass@k, submission.json
 - `inference` : seed 000's CLI
+
+Seed 000 is one of the course's source documents: notebooks/SOURCES.md#seed-000.
 """

@@ -8,6 +8,8 @@
   and start it on new data: fine in training, wrong at evaluation.)
 - `run_dynamic_refill`: the same, over a whole puzzle set with a fixed number of slots; a slot
   whose puzzle halted is refilled with the next puzzle at once, so the batch stays full.
+
+Seed 000 is one of the course's source documents: notebooks/SOURCES.md#seed-000.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ and rank 0 alone prints (the same console output as one process), votes over eve
 and writes the one submission.json:
 
     torchrun --nproc_per_node 2 -m course_lib.act.inference --checkpoint ... --data_paths ... --output_dir ...
+
+Seed 000 is one of the course's source documents: notebooks/SOURCES.md#seed-000.
 """
 
 from __future__ import annotations

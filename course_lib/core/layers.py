@@ -3,6 +3,8 @@
 A LLaMA-style pre-norm block: RMSNorm → attention with rotary position embeddings → residual,
 RMSNorm → SwiGLU feed-forward → residual. The same `Block` runs causal (text, motion) or
 bidirectional (ACT puzzles); the only difference is the attention mask.
+
+Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 `pad_batch` builds the (B, T) ids and mask; `generate_batch` runs the decode loop over chunks of
 prompts, and each row's greedy output equals running that prompt alone (positions come from the
 mask, see `layers.position_ids_from_mask`). `read_prompts` is seed 003's prompt-file mode.
+
+Seed 003 is one of the course's source documents: notebooks/SOURCES.md#seed-003.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 the n most likely tokens with the model's probability and the probability after penalty,
 temperature, top-k and top-p, the chosen token and the text so far. `format_trace` prints it
 the way seed 001 does.
+
+Seed 001 is one of the course's source documents: notebooks/SOURCES.md#seed-001.
 """
 
 from __future__ import annotations

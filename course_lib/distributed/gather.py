@@ -4,6 +4,8 @@ batch, saves its own predictions, and rank 0 collects what the metrics and the e
 The global batch stays the unit (as in HRM, where each rank loads global_batch_size / world_size
 rows of every batch), so "Processing batch 3" means the same rows with 1 or N processes, and
 concatenating the ranks' parts in rank order gives back the single-process row order exactly.
+
+Seed 000 is one of the course's source documents: notebooks/SOURCES.md#seed-000.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ wrong one raises PyTorch's own shape-guard error. `Engine(design="phase-flag")` 
 bug; `clear_cache()` or running `infer` before `generate` avoids it (seed 002's fixes);
 `design="inputs"` removes it: the graph is chosen from the input itself (T = 1 → decode graph,
 T > 1 → prefill graph), and positions are always passed explicitly, so no hidden state remains.
+
+Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ instance: the order that broke seed 002 (generate, then infer) is exercised ever
 `--design phase-flag --no_clear_cache` rebuilds seed 002's failure (exit code 1, the error shown);
 the default design picks the graph from the input, so every order passes. Flag spelling follows
 the seed (`--test_mode`).
+
+Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Vocabulary: nb_code motion codes, END = nb_code, PAD = nb_code + 1 (vocab_size =
 PAD only fills training batches after END: it has an embedding but no output logit, so it can
 never be sampled. END is masked at the first step: sampled there it leaves an empty motion,
 which crashes the reference decoder.
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

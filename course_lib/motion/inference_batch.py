@@ -17,6 +17,8 @@ is one message and exit code 2 before any model is loaded.
 Fixes over the seed: no hard-coded CUDA (--device auto), folders created even when missing,
 numbering that cannot collide, GIF through Pillow (no ffmpeg), a clear message and exit
 code 2 for a missing prompt file or checkpoint, END never sampled first (no empty motion).
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

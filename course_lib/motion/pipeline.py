@@ -2,6 +2,8 @@
 
 `load_pipeline()` follows seed 004's order: text encoder (frozen, local files only) → VQ-VAE
 (`{'net'}`, prefixes stripped, strict) → transformer (`{'trans'}`, same) → eval → device.
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

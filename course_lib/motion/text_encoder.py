@@ -12,6 +12,8 @@ Plugging in CLIP or T5 where they are available (files already on disk, never do
     feat = enc(**tok(texts, return_tensors="pt", padding=True)).last_hidden_state.mean(1)  # clip_dim = 2048
     (CLIP: clip.load(PATH)[0].encode_text(clip.tokenize(texts)).float(); clip_dim = 512)
 then set Config.clip_dim to that width and retrain the GPT (its first layer reads clip_dim numbers).
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

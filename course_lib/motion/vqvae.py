@@ -5,6 +5,8 @@ Encoder: Conv1d → `down_t` × [strided Conv1d (kernel 4, stride 2) → dilated
 vector to a code. Decoder: the mirror image, with nearest-neighbour upsampling.
 `VQVAE.encode` gives code indices (what the GPT predicts), `VQVAE.decode_codes` turns indices
 back into (normalised) features.
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ same on every machine and Python run) and puts ~10% of the grammar in "heldout".
 draws only "train" lines; held-out loss and "is this sample new?" are measured on lines the
 model cannot have seen. `check_listing` parses a line and says why it is not a listing, so
 "did the model learn the grammar?" is measurable.
+
+Seed 001 is one of the course's source documents: notebooks/SOURCES.md#seed-001.
 """
 
 from __future__ import annotations

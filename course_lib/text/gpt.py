@@ -3,6 +3,8 @@
 Read it top to bottom like nanoGPT: a config dict (`h_params`, the seed's name for it), the
 model, and `load_gpt`, which is seed 001's loading recipe — load → rebuild from h_params →
 load_state_dict → eval → to(device) — with safe loading and readable errors.
+
+Seeds 001 and 002: the course's source documents, described in notebooks/SOURCES.md#seed-001, notebooks/SOURCES.md#seed-002.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ set's mean/std), then measures the shipped weights on held-out clips: MPJPE of t
 recovered from the reconstruction vs. from the original features (metres and % of body
 height), codebook perplexity and dead codes. Saves {'net': state_dict with 'module.' prefixes,
 'config', 'mean', 'std'} — the prefixes imitate a data-parallel run, as in seed 004.
+
+Seed 004 is one of the course's source documents: notebooks/SOURCES.md#seed-004.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_WORKERS ?= 2
 NBVAL  := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 # JupyterLab refuses to start as root without --allow-root (root is the default user in containers).
 USER_ID  ?= $(shell id -u)
@@ -33,10 +34,11 @@ lab-student: install
 	else $(BIN)/python -m course_lib.course.release --out build/student; fi
 	$(BIN)/jupyter lab $(ROOT_ARG) $(ENCRYPT) $(LAB_ARGS) build/student/
 
+# One pytest run, two workers (pytest-xdist): unit tests and every notebook's strict nbval share the cores;
+# --dist loadscope keeps each test module, and each notebook's cells, on one worker (one kernel per notebook).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest tests -q
-	$(BIN)/python -m pytest -q $(NBVAL) notebooks/
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests $(NBVAL) notebooks/
 
 test-unit: install
 	$(BIN)/python -m pytest tests -q

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from course_lib.core.timing import Comparison, Timing, compare, load_reference, save_reference, sync, time_fn
+from course_lib.core.timing import Comparison, Timing, compare, compare_reported, load_reference, save_reference, sync, time_fn
 
 
 def test_warmup_and_repeats_are_counted_and_result_kept():
@@ -141,3 +141,21 @@ def test_reference_from_rates_with_filter(tmp_path):
 def test_shipped_reference_runs_load(name):
     ref = load_reference(name, value_key="median_s" if "compile" in name else "seconds")
     assert len(ref.seconds) >= 2 and ref.command.startswith("python benchmarks/")
+
+
+def test_compare_reported_uses_what_each_call_reports_in_interleaved_order():
+    log = []
+    reports = {"one": iter([0.010, 0.011, 0.009]), "two": iter([0.040, 0.038, 0.042])}
+
+    def variant(name):
+        def fn():
+            log.append(name)
+            return next(reports[name])
+        return fn
+
+    c = compare_reported({"one": variant("one"), "two": variant("two")}, rounds=3, unit="step")
+    assert log == ["one", "two", "two", "one", "one", "two"] and c.order == log
+    assert c.times == {"one": [0.010, 0.011, 0.009], "two": [0.040, 0.038, 0.042]}
+    assert c.verdict().startswith("two ran 0.25× the speed of one on this run (slower than it")
+    with pytest.raises(ValueError, match="positive, finite seconds"):
+        compare_reported({"a": lambda: 1.0, "b": lambda: None}, rounds=1)

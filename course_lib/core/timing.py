@@ -33,7 +33,7 @@ from course_lib.core.checks import check_int
 from course_lib.core.files import atomic_write_text
 from course_lib.core.paths import ASSETS, display_path
 
-__all__ = ["sync", "Timing", "time_fn", "Comparison", "compare", "Reference", "load_reference",
+__all__ = ["sync", "Timing", "time_fn", "Comparison", "compare", "compare_reported", "Reference", "load_reference",
            "save_reference", "BENCH"]
 
 BENCH = ASSETS / "bench"  # saved reference runs, one JSON per benchmark
@@ -191,6 +191,23 @@ class Comparison:
                           "speed_vs_baseline": round(self.speed(n), 4)} for n in self.names]}
 
 
+def _check_variants(variants: Any) -> list[str]:
+    if not isinstance(variants, Mapping) or len(variants) < 2:
+        raise ValueError("variants must be a dict of at least two {name: zero-argument callable}; "
+                         f"got {variants!r:.80}")
+    for n, fn in variants.items():
+        if not callable(fn):
+            raise ValueError(f"variant {n!r} must be a zero-argument callable, got {fn!r:.80}")
+    return list(variants)
+
+
+def _check_baseline(baseline: str | None, names: list[str]) -> str:
+    baseline = names[0] if baseline is None else baseline
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not one of the variants {names}")
+    return baseline
+
+
 def compare(variants: Mapping[str, Callable[[], Any]], *, rounds: int = 7, warmup: int = 1,
             baseline: str | None = None, device: str | torch.device | None = "cpu", number: int = 1,
             unit: str = "call", clock: Callable[[], float] = time.perf_counter) -> Comparison:
@@ -201,27 +218,19 @@ def compare(variants: Mapping[str, Callable[[], Any]], *, rounds: int = 7, warmu
     the same neighbour. Each timing is `number` back-to-back calls with the device synchronised
     before both clock reads, divided by `number` (raise `number` for calls far below a
     millisecond). `baseline` defaults to the first variant. `clock` is injectable for tests."""
-    if not isinstance(variants, Mapping) or len(variants) < 2:
-        raise ValueError("variants must be a dict of at least two {name: zero-argument callable}; "
-                         f"got {variants!r:.80}")
-    for n, fn in variants.items():
-        if not callable(fn):
-            raise ValueError(f"variant {n!r} must be a zero-argument callable, got {fn!r:.80}")
+    names = _check_variants(variants)
     rounds = check_int("rounds", rounds, low=1)
     warmup = check_int("warmup", warmup, low=0)
     number = check_int("number", number, low=1)
-    names = list(variants)
-    baseline = names[0] if baseline is None else baseline
-    if baseline not in variants:
-        raise ValueError(f"baseline {baseline!r} is not one of the variants {names}")
+    baseline = _check_baseline(baseline, names)
     for r in range(warmup):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in _round_order(names, r):
             variants[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
     results: dict[str, Any] = {}
     order: list[str] = []
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in _round_order(names, r):
             fn = variants[n]
             sync(device)
             t0 = clock()
@@ -231,6 +240,36 @@ def compare(variants: Mapping[str, Callable[[], Any]], *, rounds: int = 7, warmu
             times[n].append((clock() - t0) / number)
             order.append(n)
     return Comparison(times, baseline, unit=unit, results=results, order=order)
+
+
+def _round_order(names: list[str], r: int) -> list[str]:
+    """Round r's call order: the variants rotated by r (A B C, B C A, C A B, ...)."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
+def compare_reported(variants: Mapping[str, Callable[[], float]], *, rounds: int = 5, warmup: int = 0,
+                     baseline: str | None = None, unit: str = "step") -> Comparison:
+    """Like `compare`, for variants that time themselves: each call returns the seconds *it* measured
+    (e.g. the median step time a subprocess reports, whose start-up must not count). The rounds are
+    interleaved and rotated exactly as in `compare`; each call's return value is its round's time."""
+    names = _check_variants(variants)
+    rounds = check_int("rounds", rounds, low=1)
+    warmup = check_int("warmup", warmup, low=0)
+    baseline = _check_baseline(baseline, names)
+    for r in range(warmup):
+        for n in _round_order(names, r):
+            variants[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    order: list[str] = []
+    for r in range(rounds):
+        for n in _round_order(names, r):
+            seconds = variants[n]()
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 \
+                    or seconds == float("inf"):
+                raise ValueError(f"variant {n!r} must return the positive, finite seconds it measured; got {seconds!r}")
+            times[n].append(float(seconds))
+            order.append(n)
+    return Comparison(times, baseline, unit=unit, order=order)
 
 
 @dataclass

@@ -192,3 +192,11 @@ def test_loss_by_position_matches_the_model_loss_and_goes_past_block_size(make_g
 def test_window_mask_is_a_causal_band():
     m = window_mask(5, 2)[0, 0].int().tolist()
     assert m == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_angle_error_is_a_rotation_error_wrapped_to_pi():
+    """bf16 angles at large positions are off by many radians as numbers, but a rotation error is at most π."""
+    err = angle_error(torch.tensor([60000, 100000]), 16, torch.bfloat16)
+    assert bool((err <= math.pi + 1e-9).all()) and err.max() > 1.0
+    # a position that stays exact in bf16 (256) keeps a small error: wrapping changes nothing there
+    assert angle_error(torch.tensor([256]), 16, torch.bfloat16).item() < 0.05

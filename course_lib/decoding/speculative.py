@@ -1,10 +1,12 @@
 """Speculative decoding: a cheap drafter guesses k tokens, the target checks them all in one forward pass.
 
-At batch 1 a decode step of the course model is bound by per-step overhead and by reading the
-100k-row head, not by arithmetic: scoring k + 1 positions costs about as much as scoring one. So a
-drafter proposes d1..dk, the target runs once over [cur, d1..dk] (k + 1 positions, written into its
-KV cache at explicit positions) and every guess that matches what the target would have produced is
-a token gained for free. Two drafters:
+At batch 1 a decode step of the course model is dominated by per-step overhead and by its 100k-row
+head, so scoring k + 1 positions in one pass costs less than k + 1 steps, but not the same as one:
+the pass grows with its width (chapter 08 measured a 5-position step at 2.64x a 1-position step on a
+loaded CPU; the head's (k + 1)-row product is a different kernel from the 1-row one). So a drafter
+proposes d1..dk, the target runs once over [cur, d1..dk] (k + 1 positions, written into its KV cache
+at explicit positions), and every guess that matches what the target would have produced is a token
+gained for the price of one more verify row. Two drafters:
 
 - a small draft model (`course_lib.text.draft`, trained to imitate the target), and
 - prompt lookup (Hugging Face's `prompt_lookup_num_tokens`): find the last n-gram earlier in the
@@ -12,7 +14,9 @@ a token gained for free. Two drafters:
 
 Acceptance (Leviathan et al. 2023, Chen et al. 2023). Greedy: accept the longest prefix where
 d_i equals the target's argmax, then append the target's own token, so the output is token-identical
-to the target alone. Sampling: accept d_i with probability min(1, p(d_i) / q(d_i)) (p, q the target's
+to the target alone up to float near-ties (the (k + 1)-position verify and the one-at-a-time loop sum
+in different orders, so their logits can differ in the last bits; where the two best tokens are that
+close, the argmax could differ). Sampling: accept d_i with probability min(1, p(d_i) / q(d_i)) (p, q the target's
 and drafter's distributions after the same temperature → top-k → top-p filtering); at the first
 rejection draw from normalize(max(0, p − q)); after k acceptances draw a bonus token from p. The
 output is then distributed exactly as the target's own sampling. Prompt lookup proposes a point mass
@@ -361,7 +365,7 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
     """Append max_new_tokens tokens to idx (1, T) with `draft` proposing k tokens per target forward pass.
 
     Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
-    token-identical to `target.generate(idx, n, temperature=0)`; otherwise the rejection rule makes the
+    token-identical to `target.generate(idx, n, temperature=0)` (up to float near-ties); otherwise the rejection rule makes the
     output distributed as the target's sampling with the same temperature/top-k/top-p. compile=True
     runs each greedy round as one compiled graph (compile="steps": separate draft-step and verify graphs, kept for
     the benchmark's comparison; sampling stays eager). return_stats=True returns

@@ -2,14 +2,18 @@
 
 MindFormers compiles one static graph per phase (`prefill` for the prompt, `increment` for each
 decode step) and keeps the current phase in the model. `generate()` starts with a prefill and
-leaves the model in `increment`; a following low-level `infer()` with a prompt inherits that phase,
-feeds prefill-shaped inputs to the decode graph, and fails with a dims mismatch (seed 002).
+leaves the model in `increment`; a following low-level `infer()` with a prompt inherits that phase
+and hands prefill inputs to the decode graph. MindSpore's error in seed 002, "the dims of 1th input
+must be the same as expected, but got expected: 1, and input: 2", compares the *number of
+dimensions* of that graph input (1-D expected, 2-D given), not a length.
 
 Here each phase's graph is a `torch.export` program over the static KV cache: the `increment`
 graph has shapes fixed at T = 1, the `prefill` graph accepts any prompt length T >= 2. Calling the
-wrong one raises PyTorch's own shape-guard error. `Engine(design="phase-flag")` reproduces the
-bug; `clear_cache()` or running `infer` before `generate` avoids it (seed 002's fixes);
-`design="inputs"` removes it: the graph is chosen from the input itself (T = 1 → decode graph,
+wrong one raises PyTorch's own shape guard, which checks the length (`ids.size()[1] == 1`): a
+different check, the same kind of failure. `Engine(design="phase-flag")` reproduces it. Seed 002's
+adopted fix runs `infer` first and clears the cache (`clear_cache()`) before `generate`; it also
+lists reloading the model before each test (about 20 s per load for its model; not adopted).
+`design="inputs"` removes the cause: the graph is chosen from the input itself (T = 1 → decode graph,
 T > 1 → prefill graph), and positions are always passed explicitly, so no hidden state remains.
 
 Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.

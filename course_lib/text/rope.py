@@ -11,6 +11,7 @@ projections; mixing the layouts without permuting gives wrong output and no erro
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -102,15 +103,18 @@ def to_interleaved(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------- angles in low precision
 def angle_error(positions: torch.Tensor, head_dim: int, dtype: torch.dtype, theta: float = 10000.0) -> torch.Tensor:
-    """Largest |angle(dtype) - angle(fp64)| per position (radians), angles = position × inv_freq.
+    """Largest rotation error per position (radians, in [0, π]), angles = position × inv_freq.
 
     Shows why `rope_angles` works in fp32: bf16 keeps 8 significant bits, so position 1000
     is already stored as a multiple of 4 and the angle of the fastest pair is off by whole radians.
+    The difference is wrapped to (−π, π]: a rotation by 2π is no rotation, so two angles can be at
+    most π apart as rotations, however far apart the raw numbers are.
     """
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     exact = positions.double()[:, None] * inv
     low = positions.to(dtype)[:, None] * inv.to(dtype)
-    return (low.double() - exact).abs().amax(-1)
+    diff = torch.remainder(low.double() - exact + math.pi, 2 * math.pi) - math.pi
+    return diff.abs().amax(-1)
 
 
 # -------------------------------------------------------------- past the trained length

@@ -23,7 +23,7 @@ Where each module is taught (chapter = notebook number):
     core.checkpoints             weights_only loading, readable strict-load errors, MANIFEST  01, 07
     core.layers                  RMSNorm, RoPE + positions, attention (MHA/GQA) + the mask rule, Block  03, 05, 06b
     core.stats                   rates with Wilson intervals                               all
-    core.timing                  time_fn: warm-up, device sync, median (every timing)     03, benchmarks
+    core.timing                  time_fn; compare: interleaved rounds, verdict from the numbers, saved reference  03, 05-09, benchmarks
     text.tokenizer               cl100k_base offline; token bytes, half-characters         00, 02, 03
     text.corpus                  the listing grammar the text model was trained on         00, 02
     text.gpt                     the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python -m course_lib.decoding.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
               "torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
               "head_bytes": model.lm_head.weight.numel() * model.lm_head.weight.element_size(), "dram_bytes": dram_bytes,
-              "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+              "load_average_1min": f"{load_before:.1f} to {os.getloadavg()[0]:.1f}",
               "machine": f"{os.cpu_count()} CPUs",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n", overwrite=False)

@@ -147,7 +147,9 @@ def beam_tree(model, enc, prompt: str, num_beams: int = 2, steps: int = 4) -> li
         step = []
         for rank, (score, f) in enumerate(zip(scores.tolist(), flat.tolist(), strict=True)):
             parent, token = divmod(f, logp.shape[-1])
-            step.append({"parent": parent, "token": token, "text": _label(enc, token), "sum_logprob": score,
+            text = _label(enc, token)
+            step.append({"parent": parent, "token": token, "text": text if text.strip() else "␣" * len(text) or "∅",
+                         "sum_logprob": score,
                          "kept": rank < num_beams})
         tree.append(step)
         beams = [(beams[c["parent"]][0] + [c["token"]], c["sum_logprob"]) for c in step if c["kept"]]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -109,6 +111,9 @@ def generate_scored(model, enc, prompts: Sequence[str], max_new_tokens: int, tem
     return texts, sums, counts
 
 
+SAMPLING_BATCH = 64  # rows per batch of compare_decoders' sampling run
+
+
 @torch.no_grad()
 def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int] = (2, 4, 8), samples_per_prompt: int = 20,
                      temperature: float = 1.0, max_new_tokens: int = 56, seed: int = 0,
@@ -120,7 +125,10 @@ def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int]
     own log-probabilities, as `scoring.sequence_logprob` gives them) and the log-probability per
     token, distinct outputs per prompt, and the cost: decode steps and rows processed, and the
     seconds its generation took. Greedy and beam search are deterministic, so one run per prompt is
-    all they can give; sampling draws samples_per_prompt lines per prompt.
+    all they can give; sampling draws samples_per_prompt lines per prompt, in batches of
+    SAMPLING_BATCH rows run one after another ("batches"; its "steps" are summed over them).
+    "line_logprobs" and "line_tokens" hold each line's summed log-probability and token count, in
+    the order of "lines", so per-prompt comparisons can be made.
     """
     from course_lib.decoding.batching import pad_batch
     from course_lib.decoding.beam import beam_search
@@ -129,7 +137,7 @@ def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int]
     nl = enc.encode("\n")[0]
     rows: list[dict] = []
 
-    def record(method, many_prompts, completions, sums, counts, counter, t0) -> None:
+    def record(method, many_prompts, completions, sums, counts, counter, t0, batches=1) -> None:
         seconds = time.perf_counter() - t0
         lines = [p + c for p, c in zip(many_prompts, completions, strict=True)]
         per_prompt: dict[str, set] = {}
@@ -138,7 +146,8 @@ def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int]
         rows.append({"method": method, **line_rates(lines, train_lines),
                      "mean_logprob": sum(sums) / len(sums), "mean_token_logprob": sum(sums) / sum(counts),
                      "distinct_per_prompt": sum(map(len, per_prompt.values())) / len(per_prompt),
-                     "steps": counter.steps, "rows_processed": counter.rows, "seconds": seconds, "lines": lines})
+                     "steps": counter.steps, "rows_processed": counter.rows, "batches": batches, "seconds": seconds,
+                     "lines": lines, "line_logprobs": list(sums), "line_tokens": list(counts)})
 
     t0 = time.perf_counter()
     with StepCounter(model) as c:
@@ -158,6 +167,98 @@ def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int]
     t0 = time.perf_counter()
     with StepCounter(model) as c:
         comps, sums, counts = generate_scored(model, enc, many, max_new_tokens, temperature, eos_token_id=nl,
-                                              generator=torch.Generator().manual_seed(seed))
-    record(f"sampling T={temperature}", many, comps, sums, counts, c, t0)
+                                              generator=torch.Generator().manual_seed(seed), batch_size=SAMPLING_BATCH)
+    record(f"sampling T={temperature}", many, comps, sums, counts, c, t0, batches=math.ceil(len(many) / SAMPLING_BATCH))
     return rows
+
+
+def difference(a: dict, b: dict, z: float = 1.96) -> dict:
+    """The difference b − a of two independent rates (`stats.rate` dicts) with its 95% interval.
+
+    Newcombe's hybrid score interval (method 10 of Newcombe 1998), built from the two Wilson
+    intervals. Two rates differ at the 95% level when this interval excludes 0 — *not* when their
+    own intervals are disjoint: two 95% intervals can overlap while the difference is still clear.
+    """
+    from course_lib.core.stats import wilson
+
+    if not a["n"] or not b["n"]:
+        raise ValueError("both rates need at least one sample")
+    pa, pb = a["k"] / a["n"], b["k"] / b["n"]
+    la, ua = wilson(a["k"], a["n"], z)
+    lb, ub = wilson(b["k"], b["n"], z)
+    d = pb - pa
+    lo = d - math.sqrt((pb - lb) ** 2 + (ua - pa) ** 2)
+    hi = d + math.sqrt((ub - pb) ** 2 + (pa - la) ** 2)
+    return {"diff": round(d, 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def verdict(a: dict, b: dict) -> str:
+    """'+0.032 (95% CI +0.012 to +0.060): higher' — the difference b − a and what its interval supports."""
+    d = difference(a, b)
+    lo, hi = d["ci95"]
+    word = "higher" if lo > 0 else "lower" if hi < 0 else "no difference shown (the interval contains 0)"
+    return f"{d['diff']:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}): {word}"
+
+
+# The saved full sweep chapter 02 displays (its default run measures a smaller one).
+SWEEP_FILE = "assets/bench/sampling_sweep_cpu.json"
+SWEEP_COMMAND = "python -m course_lib.decoding.quality --samples-per-brand 40 --out assets/bench/sampling_sweep_cpu.json"
+
+
+def sweep(model, enc, prompts: Sequence[str], samples_per_prompt: int, train_set: set[str] | frozenset[str], *,
+          temperatures: Sequence[float] = (0.3, 0.7, 1.0, 1.5), top_ks: Sequence[int] = (5, 20, 50),
+          top_ps: Sequence[float] = (0.5, 0.8, 0.9, 0.95), seed: int = 0, batch_size: int = 70) -> list[dict]:
+    """Line rates (`line_rates`) for every temperature (no top-k/top-p), then every top-k and every
+    top-p at temperature 1.0; one row per setting: {"temperature", "top_k", "top_p", rates...}."""
+    settings = ([(t, None, None) for t in temperatures] + [(1.0, k, None) for k in top_ks]
+                + [(1.0, None, p) for p in top_ps])
+    rows = []
+    for t, k, p in settings:
+        lines = sample_lines(model, enc, prompts, samples_per_prompt, t, k, p, seed=seed, batch_size=batch_size)
+        rows.append({"temperature": t, "top_k": k, "top_p": p, **line_rates(lines, train_set)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure the full chapter-02 sweep and save it as JSON (the notebook displays it)."""
+    import argparse
+    import json
+    import platform
+    import sys
+
+    from course_lib.core.files import atomic_write_text
+    from course_lib.core.paths import REPO_ROOT
+    from course_lib.text.corpus import BRANDS, generate_corpus
+    from course_lib.text.gpt import load_gpt
+    from course_lib.text.tokenizer import get_encoding
+
+    ap = argparse.ArgumentParser(prog="python -m course_lib.decoding.quality", description=main.__doc__)
+    ap.add_argument("--samples-per-brand", type=int, default=40)
+    ap.add_argument("--train-lines", type=int, default=150_000, help="lines of the training stream (seed 1234)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists)")
+    args = ap.parse_args(argv)
+    if args.samples_per_brand < 1 or args.train_lines < 0 or args.threads < 1:
+        print("error: --samples-per-brand and --threads must be >= 1, --train-lines >= 0", file=sys.stderr)
+        return 2
+    out = Path(args.out) if Path(args.out).is_absolute() else REPO_ROOT / args.out
+    if out.exists():
+        print(f"error: {args.out} exists; runs never overwrite earlier results: pass a new --out", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    model, enc = load_gpt(device="cpu"), get_encoding()
+    train_set = set(generate_corpus(args.train_lines, 1234, split="train"))
+    t0 = time.perf_counter()
+    rows = sweep(model, enc, BRANDS, args.samples_per_brand, train_set, seed=args.seed)
+    result = {"command": " ".join(["python -m course_lib.decoding.quality", *(argv if argv is not None else sys.argv[1:])]),
+              "torch": torch.__version__, "machine": platform.machine(), "threads": args.threads,
+              "samples_per_brand": args.samples_per_brand, "brands": len(BRANDS), "train_lines": args.train_lines,
+              "seed": args.seed, "seconds": round(time.perf_counter() - t0), "rows": rows}
+    atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False) + "\n", overwrite=False)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

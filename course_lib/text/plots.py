@@ -122,6 +122,69 @@ def plot_rate_sweep(rows: Sequence[dict], x_key: str, rates: Sequence[str], titl
     return fig or ax.figure
 
 
+# ================================================================ chapter 02b: beam search
+
+
+@torch.no_grad()
+def beam_tree(model, enc, prompt: str, num_beams: int = 2, steps: int = 4) -> list[list[dict]]:
+    """The first `steps` steps of a beam search for one prompt, recorded for drawing (no eos).
+
+    Each step extends every live beam by every token and ranks all extensions by summed
+    log-probability (Hugging Face's rule, as `decoding.beam.beam_search`); the 2 * num_beams best are
+    recorded, the first num_beams are kept as the next beams. Per step, a list of
+    {"parent": index of the beam it extends in the previous step's kept list, "token", "text",
+    "sum_logprob", "kept"}. A full forward pass per step: fine for a handful of steps and beams.
+    """
+    ids = torch.tensor([enc.encode(prompt)], device=model.device)
+    beams = [([], 0.0)]  # (generated tokens, summed log-probability)
+    tree = []
+    for _ in range(steps):
+        x = torch.cat([ids.repeat(len(beams), 1), torch.tensor([b[0] for b in beams], device=model.device,
+                                                                 dtype=torch.long).view(len(beams), -1)], dim=1)
+        logp = torch.log_softmax(model(x)[:, -1, :].double(), -1)
+        cand = (logp + torch.tensor([b[1] for b in beams], dtype=torch.float64, device=logp.device)[:, None]).flatten()
+        scores, flat = torch.topk(cand, 2 * num_beams)
+        step = []
+        for rank, (score, f) in enumerate(zip(scores.tolist(), flat.tolist(), strict=True)):
+            parent, token = divmod(f, logp.shape[-1])
+            text = _label(enc, token)
+            step.append({"parent": parent, "token": token, "text": text if text.strip() else "␣" * len(text) or "∅",
+                         "sum_logprob": score,
+                         "kept": rank < num_beams})
+        tree.append(step)
+        beams = [(beams[c["parent"]][0] + [c["token"]], c["sum_logprob"]) for c in step if c["kept"]]
+    return tree
+
+
+def plot_beam_tree(tree: list[list[dict]], prompt: str, title: str = ""):
+    """Draw `beam_tree`'s steps left to right: kept beams dark with their summed log-probability,
+    the runners-up that were looked at and dropped grey; an edge joins each extension to its beam."""
+    fig, ax = plt.subplots(figsize=(2.3 * (len(tree) + 1), 0.55 * max(len(s) for s in tree) + 1.2))
+    ys = [[0.0]]  # y position of the kept beams of each step (step 0: the prompt)
+    ax.text(0, 0, prompt, ha="right", va="center", fontsize=9, bbox=dict(boxstyle="round", fc="#deebf7", ec="#3182bd"))
+    for s, step in enumerate(tree, start=1):
+        n = len(step)
+        pos = [(n - 1) / 2 - i for i in range(n)]
+        for c, y in zip(step, pos, strict=True):
+            y0 = ys[-1][c["parent"]]
+            ax.plot([s - 1 + 0.05, s - 0.05], [y0, y], color="#3182bd" if c["kept"] else "#bdbdbd",
+                    lw=1.8 if c["kept"] else 0.8, zorder=1)
+            ax.text(s, y, f"{c['text']}\n{c['sum_logprob']:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if c["kept"] else "#969696", zorder=2,
+                    bbox=dict(boxstyle="round", fc="#deebf7" if c["kept"] else "white",
+                              ec="#3182bd" if c["kept"] else "#d9d9d9"))
+        ys.append([y for c, y in zip(step, pos, strict=True) if c["kept"]])
+    ax.set_xlim(-1.2, len(tree) + 0.6)
+    ax.set_ylim(-max(len(s) for s in tree) / 2 - 0.3, max(len(s) for s in tree) / 2 + 0.3)
+    ax.set_xticks(range(len(tree) + 1), ["prompt"] + [f"step {s}" for s in range(1, len(tree) + 1)])
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # ============================================================ chapter 03: KV cache and batching
 
 

@@ -518,3 +518,56 @@ def test_build_dataset_uses_the_umask_and_a_concurrent_loser_gets_one_line(tmp_p
     assert len(err) == 1 and "created by another run meanwhile" in err[0]
     assert [p.name for p in (tmp_path / "race").iterdir()] == ["train"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.")]
+
+
+# ============================================================ issue 20 (inputs): notebook parameters
+@pytest.mark.parametrize("name, value, kw, needle", [
+    ("threshold", float("nan"), dict(kind=float, low=0.0, high=1.0), "must be a finite number, got nan"),
+    ("temperature", float("inf"), dict(kind=(int, float), low=0, high=5), "must be a finite number, got inf"),
+    ("extend_factor", float("-inf"), dict(kind=(int, float), low=1.0, high=64.0), "must be a finite number, got -inf"),
+    ("extend_factor", float("nan"), dict(kind=(int, float), low=1.0, high=64.0), "must be a finite number, got nan"),
+    ("seed", 10**30, dict(kind=int, low=0), r"must be an int in \[0, 4294967295\], got 10000"),
+    ("seed", -1, dict(kind=int, low=0), r"must be an int in \[0, 4294967295\], got -1"),
+    ("batch_lengths", [], dict(kind=list, nonempty=True), "is an empty list; give at least one value"),
+])
+def test_check_param_refuses_nan_inf_huge_ints_and_empty_lists(name, value, kw, needle):
+    from course_lib.course.notebook import ParameterError, check_param
+
+    with pytest.raises(ParameterError, match=needle) as err:
+        check_param(name, value, **kw)
+    assert "\n" not in str(err.value) and repr(name) in str(err.value)
+
+
+def test_check_param_still_accepts_what_it_should():
+    from course_lib.course.notebook import INT_PARAM_MAX, check_param
+
+    assert check_param("seed", INT_PARAM_MAX, kind=int, low=0) == INT_PARAM_MAX
+    assert check_param("threshold", 1, kind=float, low=0.0, high=1.0) == 1  # an int where a float is meant
+    assert check_param("top_ks", [], kind=list) == []  # empty is fine where it means "none"
+    assert check_param("temperature", 0.7, kind=(int, float), low=0, high=5) == 0.7
+
+
+def _papermill_04(tmp_path, **parameters):
+    pm = pytest.importorskip("papermill")
+    from course_lib.core.paths import NOTEBOOKS
+
+    nb = NOTEBOOKS / "04_act_halting_loops.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=parameters, cwd=str(NOTEBOOKS),
+                            kernel_name="python3", progress_bar=False)
+    return err.value
+
+
+def test_papermill_04_threshold_nan_stops_at_the_parameters_check(tmp_path):
+    from papermill.cli import _resolve_type
+
+    value = _resolve_type("nan")  # what `papermill ... -p threshold nan` passes
+    err = _papermill_04(tmp_path, threshold=value)
+    assert err.ename == "ParameterError" and "\n" not in err.evalue
+    assert "'threshold' must be a finite number, got nan" in err.evalue
+    assert "check_param" in err.source  # the parameters check cell, not twenty cells later
+
+
+def test_papermill_04_unknown_name_stops_with_one_line(tmp_path):
+    err = _papermill_04(tmp_path, sede=3)
+    assert err.ename == "ParameterError" and "\n" not in err.evalue and "unknown parameter(s) ['sede']" in err.evalue

@@ -571,3 +571,60 @@ def test_papermill_04_threshold_nan_stops_at_the_parameters_check(tmp_path):
 def test_papermill_04_unknown_name_stops_with_one_line(tmp_path):
     err = _papermill_04(tmp_path, sede=3)
     assert err.ename == "ParameterError" and "\n" not in err.evalue and "unknown parameter(s) ['sede']" in err.evalue
+
+
+# ======================================================= issue 20 (inputs): pickle protocols 2-5
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_safe_checkpoint_loads_under_any_pickle_protocol(tmp_path, protocol, zip_format):
+    import collections
+
+    obj = {"h_params": {"n": 1, "name": "x", "t": (1, 2)}, "sd": collections.OrderedDict(w=torch.arange(6.0).view(2, 3)),
+           "half": torch.ones(2, dtype=torch.float16), "b": b"xy", "size": torch.Size([2, 3])}
+    path = tmp_path / "ok.pt"
+    torch.save(obj, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    back = load_checkpoint(path)
+    assert back["h_params"] == obj["h_params"] and torch.equal(back["sd"]["w"], obj["sd"]["w"])
+    assert back["half"].dtype == torch.float16 and back["b"] == b"xy" and back["size"] == torch.Size([2, 3])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_protocol_4_and_5_unsafe_globals_are_named_and_never_run(tmp_path, payload, protocol, zip_format, monkeypatch):
+    make, needle = PAYLOADS[payload]
+    ran = []
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": make()}, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    monkeypatch.setattr(os, "system", lambda *a: ran.append(a))  # the payload must never execute
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "refused to load" in msg and "corrupted" not in msg and "\n" not in msg, msg
+    assert needle in msg.split("(found ")[1].split(")")[0], msg
+    assert not ran
+
+
+def test_stack_global_names_come_from_the_memo(tmp_path):
+    """A protocol 4 pickle that names its module by BINGET of a memoized string is still read right."""
+
+    from course_lib.core.checkpoints import unsafe_globals
+
+    path = tmp_path / "x.pt"
+    # PROTO 4, module string memoized, name, STACK_GLOBAL; then the same module again via BINGET
+    body = (b"\x80\x04" + b"\x8c\x05posix\x94" + b"\x8c\x06system\x94" + b"\x93\x94"
+            + b"h\x00" + b"\x8c\x04nice\x94" + b"\x93" + b"\x86." )
+    path.write_bytes(body)
+    assert unsafe_globals(path) == ["posix.system", "posix.nice"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_truncated_protocol_4_file_is_called_corrupted(tmp_path):
+    path = tmp_path / "cut.pt"
+    torch.save({"w": torch.ones(100)}, path, pickle_protocol=4, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)

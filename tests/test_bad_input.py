@@ -628,3 +628,133 @@ def test_a_truncated_protocol_4_file_is_called_corrupted(tmp_path):
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_checkpoint(path)
+
+
+# ================================================ issue 20 (inputs): absurd sizes, non-finite weights
+def _loaders():
+    from course_lib.act.checkpoint import load_reasoner
+    from course_lib.motion.classifier import load_classifier
+    from course_lib.motion.gpt import load_trans
+    from course_lib.motion.text_encoder import load_text_encoder
+    from course_lib.motion.vqvae import load_vqvae
+    from course_lib.text.draft import load_draft
+    from course_lib.text.gpt import load_gpt
+
+    # kind: (shipped file, loader, key of the config dict, key of the state dict)
+    return {
+        "text": ("text_gpt.pt", load_gpt, "h_params", "model_state_dict"),
+        "draft": ("draft_gpt.pt", load_draft, "h_params", "model_state_dict"),
+        "motion_trans": ("motion/trans.pth", load_trans, "config", "trans"),
+        "vqvae": ("motion/vqvae.pth", load_vqvae, "config", "net"),
+        "text_encoder": ("motion/text_encoder.pt", load_text_encoder, "config", "state_dict"),
+        "classifier": ("motion/action_classifier.pt", load_classifier, "config", "state_dict"),
+        "act": ("act/step_8000", load_reasoner, None, None),
+    }
+
+
+ABSURD = [
+    ("text", {"vocab_size": 10**12}), ("text", {"n_embd": 2**20, "n_head": 4}), ("text", {"n_layer": 10**7}),
+    ("text", {"block_size": 10**7}), ("draft", {"target_vocab_size": 10**12}),
+    ("motion_trans", {"n_embd": 2**20}), ("motion_trans", {"n_layer": 10**7}), ("motion_trans", {"block_size": 10**7}),
+    ("vqvae", {"width": 10**6}), ("vqvae", {"nb_code": 10**10}), ("vqvae", {"depth": 10**6}),
+    ("text_encoder", {"vocab_size": 10**11}), ("text_encoder", {"n_layer": 10**8}),
+    ("classifier", {"width": 10**6}),
+    ("act", {"hidden_size": 2**20}), ("act", {"halt_max_steps": 10**9}), ("act", {"H_layers": 10**7}),
+    ("act", {"H_cycles": 1000, "L_cycles": 1000}),
+]
+
+
+def _copy_with(tmp_path, kind, config=None, nan=False):
+    """A copy of a shipped checkpoint with config keys replaced and/or its first float tensor set to NaN."""
+    import json
+
+    from course_lib.core.paths import CHECKPOINTS
+
+    name, loader, cfg_key, sd_key = _loaders()[kind]
+    ckpt = torch.load(CHECKPOINTS / name, weights_only=True)
+    out = tmp_path / Path(name).name
+    if kind == "act":
+        cfg = json.loads((CHECKPOINTS / "act" / "all_config.json").read_text())
+        (tmp_path / "all_config.json").write_text(json.dumps({**cfg, **(config or {})}))
+        sd = ckpt
+    else:
+        ckpt[cfg_key] = {**ckpt[cfg_key], **(config or {})}
+        sd = ckpt[sd_key]
+    if nan:
+        key = next(k for k, v in sd.items() if v.is_floating_point())
+        sd[key] = sd[key].clone()
+        sd[key].view(-1)[0] = float("nan")
+    torch.save(ckpt, out)
+    return out, loader, (key if nan else None)
+
+
+from pathlib import Path  # noqa: E402
+
+
+@pytest.mark.parametrize("kind, config", ABSURD, ids=[f"{k}-{'-'.join(c)}" for k, c in ABSURD])
+def test_absurd_sizes_are_refused_before_allocating(tmp_path, kind, config, monkeypatch):
+    import time
+
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.core.sizes import MAX_MODEL_BYTES
+
+    path, loader, _ = _copy_with(tmp_path, kind, config)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        loader(path)
+    assert time.perf_counter() - start < 60  # refused, not built (a build would take minutes or fail in the allocator)
+    msg = str(err.value)
+    assert "\n" not in msg and (path.name in msg or "all_config.json" in msg), msg
+    assert "above the loader's limit of" in msg and any(k in msg for k in config), msg
+    assert f"{MAX_MODEL_BYTES / 2**30:.3g} GiB" in msg or "limit of 1024" in msg or "limit of 64" in msg or "65,536" in msg, msg
+
+
+def test_size_message_has_the_estimate_and_the_limit(tmp_path):
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.text.gpt import load_gpt
+
+    path, _, _ = _copy_with(tmp_path, "text", {"vocab_size": 10**9})
+    with pytest.raises(CheckpointError, match=r"\(vocab_size=1000000000, n_embd=64, n_layer=4, block_size=512\) needs about 2,146 GiB .*above the loader's limit of 4 GiB"):
+        load_gpt(path)
+
+
+def test_shipped_models_are_far_below_the_size_limit():
+    from course_lib.core.sizes import MAX_MODEL_BYTES
+    from course_lib.text.gpt import DEFAULT_H_PARAMS, check_gpt_size
+
+    assert check_gpt_size("checkpoints/text_gpt.pt", DEFAULT_H_PARAMS) < MAX_MODEL_BYTES / 10
+
+
+@pytest.mark.parametrize("kind", ["text", "draft", "motion_trans", "vqvae", "text_encoder", "classifier", "act"])
+def test_nan_weights_are_refused_naming_the_checkpoint_and_tensor(tmp_path, kind):
+    from course_lib.core.checkpoints import CheckpointError
+
+    path, loader, key = _copy_with(tmp_path, kind, nan=True)
+    with pytest.raises(CheckpointError) as err:
+        loader(path)
+    msg = str(err.value)
+    assert path.name in msg and "NaN" in msg and "\n" not in msg, msg
+    assert key.split(".")[-1] in msg, msg
+
+
+def test_vqvae_nan_statistics_are_refused(tmp_path):
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.core.paths import CHECKPOINTS
+    from course_lib.motion.vqvae import load_vqvae
+
+    ckpt = torch.load(CHECKPOINTS / "motion" / "vqvae.pth", weights_only=True)
+    ckpt["std"] = ckpt["std"].clone()
+    ckpt["std"][3] = float("inf")
+    torch.save(ckpt, tmp_path / "vq.pth")
+    with pytest.raises(CheckpointError, match=r"vq.pth: tensor 'std' holds inf"):
+        load_vqvae(tmp_path / "vq.pth")
+
+
+def test_act_cli_refuses_nan_weights_with_exit_2(tmp_path):
+    path, _, _ = _copy_with(tmp_path, "act", nan=True)
+    from course_lib.act.build_dataset import build
+
+    data = build(tmp_path / "ds", seed=3, num_train=0, num_test=2)
+    r = run_module("course_lib.act.inference", "--checkpoint", str(path), "--data_paths", str(data),
+                   "--output_dir", str(tmp_path / "out"), "--device", "cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "NaN" in r.stderr and not (tmp_path / "out").exists()

@@ -758,3 +758,95 @@ def test_act_cli_refuses_nan_weights_with_exit_2(tmp_path):
     r = run_module("course_lib.act.inference", "--checkpoint", str(path), "--data_paths", str(data),
                    "--output_dir", str(tmp_path / "out"), "--device", "cpu")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "NaN" in r.stderr and not (tmp_path / "out").exists()
+
+
+# ================================ issue 20 (inputs): act.inference on a full disk, read-only, symlink loops
+def _enospc_on_write(monkeypatch, err=28):
+    """Every atomic write (mode "wb") fails as a full disk would (OSError errno 28 from write); the
+    run's claim marker (mode "w") still goes through, so the failure comes while saving results."""
+    import course_lib.core.files as files
+
+    real_fdopen = files.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(err, os.strerror(err))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode="r", *a, **k: (Full if mode == "wb" else lambda f: f)(
+        real_fdopen(fd, mode, *a, **k)))
+
+
+@pytest.mark.parametrize("err, words", [(28, "the disk is full"), (30, "the file system is read-only")])
+def test_act_full_disk_or_read_only_is_one_line_naming_the_file(act_setup, capsys, monkeypatch, err, words):
+    root, ckpt, a, _ = act_setup
+    out = root / f"full-{err}"
+    _enospc_on_write(monkeypatch, err)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "step_5_all_preds.0" in lines[0], lines
+    assert "unexpected pos" not in lines[0] and "Errno" not in lines[0]
+    assert not out.exists()  # the claim is released: nothing half-written
+
+
+def test_act_output_dir_claim_failing_is_one_line(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def read_only(path, record):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(inf, "claim_output_dir", read_only)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(root / "ro")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "read-only" in lines[0] and "ro" in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--data_paths", "--output_dir"])
+def test_act_symlink_loop_is_one_line_naming_the_path(act_setup, tmp_path, flag):
+    root, ckpt, a, _ = act_setup
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    args = {"--checkpoint": str(ckpt), "--data_paths": str(a), "--output_dir": str(tmp_path / "out")}
+    args[flag] = str(tmp_path / "l1") + ("/x" if flag == "--output_dir" else "")
+    r = run_module("course_lib.act.inference", *[x for kv in args.items() for x in kv])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "symlink loop" in last and str(tmp_path / "l1") in last
+
+
+def test_display_path_of_a_symlink_loop_does_not_raise(tmp_path):
+    from course_lib.core.paths import display_path, link_problem
+
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    assert display_path(tmp_path / "l1") == str(tmp_path / "l1")
+    assert link_problem(tmp_path / "l1" / "x") == "a symlink loop" and link_problem(tmp_path) is None
+
+
+@pytest.mark.parametrize("where", ["load_reasoner", "load_split", "claim", "run_forced", "save"])
+def test_act_ctrl_c_at_any_stage_is_one_line_exit_130(act_setup, capsys, monkeypatch, where):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"load_reasoner": "load_reasoner", "load_split": "load_split", "claim": "claim_output_dir",
+              "run_forced": "run_forced", "save": "save_tensors"}[where]
+    monkeypatch.setattr(inf, target, interrupt)
+    out = root / f"ctrl-c-{where}"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+    assert not out.exists()

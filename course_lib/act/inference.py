@@ -47,7 +47,7 @@ from course_lib.act.halting import run_dynamic, run_forced
 from course_lib.act.loss import METRIC_NAMES, ACTLossHead
 from course_lib.core.checkpoints import CheckpointError
 from course_lib.core.device import pick_device
-from course_lib.core.files import check_output_folder, claim_folder, claim_numbered_folder
+from course_lib.core.files import atomic_write_bytes, check_output_folder, claim_folder, claim_numbered_folder, write_error
 from course_lib.core.paths import RUNS, display_path
 from course_lib.distributed import DistSetupError, init_from_env, launched_by_torchrun
 from course_lib.distributed.gather import all_gather_object, gather_to_rank0, local_slice
@@ -130,15 +130,18 @@ def release_output_dir(out_dir: Path, created: bool) -> None:
     """Undo the claim of a failed or interrupted run: remove what it wrote (and the folder if it made it)."""
     if created:
         shutil.rmtree(out_dir, ignore_errors=True)
-    else:
+        return
+    with contextlib.suppress(OSError):  # best effort: the failure being reported matters more than the cleanup
         for child in out_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
 
 
 def save_tensors(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through memory, then written atomically: a full disk raises a plain OSError naming the
+    file (torch's zip writer on a full disk reports only "unexpected pos 896 vs 790")."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +193,9 @@ def _main(argv: list[str] | None) -> int:
         except FileExistsError:
             print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
                   "pick a new folder (earlier runs are never overwritten)", file=sys.stderr)
+        except OSError as exc:  # the check passed, then the disk filled or the folder became read-only
+            print(f"error: --output_dir: {write_error(exc, args.output_dir or DEFAULT_ROOT)}; pick another --output_dir",
+                  file=sys.stderr)
     if info is not None:
         out_dir = all_gather_object(None if out_dir is None else str(out_dir), info.world_size)[0]
         out_dir = None if out_dir is None else Path(out_dir)
@@ -200,6 +206,12 @@ def _main(argv: list[str] | None) -> int:
             with contextlib.redirect_stdout(io.StringIO()):
                 return _run(args, model, device, sets, step, out_dir, info)
         return _run(args, model, device, sets, step, out_dir, info)
+    except OSError as exc:  # a full disk, a folder made read-only mid-run: one line, nothing half-written kept
+        if info is None or info.rank == 0:
+            release_output_dir(out_dir, created)
+        print(f"error: {write_error(exc, out_dir)}; nothing was kept. Free some space or pick another --output_dir.",
+              file=sys.stderr)
+        return 1
     except BaseException:
         if info is None or info.rank == 0:  # the process that claimed the folder releases it
             release_output_dir(out_dir, created)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from course_lib.core.files import atomic_write_bytes, atomic_write_text
-from course_lib.core.paths import CHECKPOINTS, MANIFEST, display_path
+from course_lib.core.paths import CHECKPOINTS, MANIFEST, display_path, link_problem
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -45,6 +45,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     p = Path(path)
     shown = display_path(p)
     if not p.exists():
+        if (problem := link_problem(p)) is not None:
+            raise CheckpointError(f"checkpoint {shown} cannot be opened: the path goes through {problem}; fix the link or pass the file itself.")
         raise CheckpointError(f"checkpoint not found: {shown}. Check the path (run `make checkpoints` to rebuild the shipped ones).")
     if p.is_dir():
         inside = sorted(c.name for c in p.iterdir() if _looks_like_checkpoint(c))

@@ -850,3 +850,22 @@ def test_act_ctrl_c_at_any_stage_is_one_line_exit_130(act_setup, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted" in err[0]
     assert not out.exists()
+
+
+# ======================================= issue 20 (inputs): ACT test sets that share a folder name
+def test_act_two_12_puzzle_sets_in_folders_of_one_name_give_24_puzzles(tmp_path, capsys):
+    """a/ds and b/ds (and a folder whose name holds the variant separator "|") are scored and voted apart."""
+    import json
+
+    from course_lib.act.build_dataset import build
+    from course_lib.act.checkpoint import SHIPPED
+
+    a = build(tmp_path / "a" / "ds", seed=11, num_train=0, num_test=12)
+    b = build(tmp_path / "b" / "ds", seed=11, num_train=0, num_test=12)  # the same seed: identical puzzle names
+    c = build(tmp_path / "x|y" / "ds", seed=12, num_train=0, num_test=12)
+    out = tmp_path / "out"
+    assert act_main("--checkpoint", str(SHIPPED), "--data_paths", str(a), str(b), str(c), "--output_dir", str(out)) == 0
+    sub = json.loads((out / "evaluator_ARC_step_8000" / "submission.json").read_text())
+    assert len(sub) == 36
+    assert {k.rsplit("/", 1)[0] for k in sub} == {"a/ds", "b/ds", "x|y/ds"}
+    assert all(sum(k.startswith(p + "/") for k in sub) == 12 for p in ("a/ds", "b/ds", "x|y/ds"))

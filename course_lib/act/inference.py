@@ -248,7 +248,7 @@ def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step
         set_name = f"{key}/all" if multi else "all"
         offset = len(evaluator.names)
         # Namespace the puzzle ids of each dataset by its unique key so that two datasets never vote together.
-        evaluator.names.extend(f"{key}/{n}" if multi and i else n for i, n in enumerate(pset.names))
+        evaluator.names.extend(f"{key}/{n}" if multi else n for n in pset.names)
         sums: dict[str, float] = {}
         n_batches = -(-len(pset) // args.batch_size)
         if args.max_batches:

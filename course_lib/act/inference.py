@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from course_lib.act.arc_evaluator import ARCEvaluator
+from course_lib.act.calibrate import describe_calibration, read_threshold
 from course_lib.act.checkpoint import load_reasoner, step_of
 from course_lib.act.data import DataError, load_split
 from course_lib.act.halting import run_dynamic, run_forced
@@ -69,7 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"keys to save (default: preds inputs); any of: {' '.join(SAVE_KEYS)}")
     ap.add_argument("--halting", choices=("forced", "dynamic"), default="forced",
                     help="forced: always halt_max_steps (the seed); dynamic: halted rows are frozen (early exit)")
-    ap.add_argument("--threshold", type=float, default=0.5, help="dynamic halting: stop when sigmoid(q_halt) > threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="dynamic halting: stop a puzzle when sigmoid(q_halt) > threshold. Default: the threshold calibrated "
+                         "for the checkpoint, read from halting.json beside it; " + describe_calibration() +
+                         " Without a halting.json: 0.5.")
     ap.add_argument("--batch_size", type=int, default=500)
     ap.add_argument("--output_dir", type=Path, default=None, help="default: a new folder under runs/act_inference/")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -81,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--max_batches must be >= 1 (leave it out to process every batch)")
     if args.batch_size < 1:
         ap.error("--batch_size must be >= 1")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # NaN fails this too
         ap.error("--threshold is a probability: use a value in [0, 1]")
     if args.output_dir is not None and args.output_dir.is_dir() and any(args.output_dir.iterdir()):
         ap.error(f"--output_dir {display_path(args.output_dir)} already exists and is not empty; "
@@ -174,6 +178,10 @@ def _main(argv: list[str] | None) -> int:
         device = info.device
     try:
         model = load_reasoner(args.checkpoint, device)
+        args.threshold_source = "given"
+        if args.threshold is None:  # the calibrated default stored beside the checkpoint
+            args.threshold, source = read_threshold(args.checkpoint)
+            args.threshold_source = f"calibrated, {display_path(source)}" if source else "no halting.json beside the checkpoint"
     except CheckpointError as exc:
         print(f"error: --checkpoint: {exc}", file=sys.stderr)
         return 2
@@ -188,7 +196,7 @@ def _main(argv: list[str] | None) -> int:
     # joined: rank 0's claim below cannot make another rank's check fail.
     if info is None or info.rank == 0:  # one process claims the folder; the others are told where it is
         try:
-            record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}
+            record = {k: v for k, v in vars(args).items() if k not in ("dataset_keys", "threshold_source")}
             out_dir, created = claim_output_dir(args.output_dir, record)
         except FileExistsError:
             print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
@@ -232,7 +240,8 @@ def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step
     print(f"Datasets: {[display_path(p) for p, _ in sets.values()]}")
     print(f"Max batches: {args.max_batches if args.max_batches else 'all'}")
     print(f"Save outputs: {args.save_outputs}")
-    halt_desc = f"max {model.config['halt_max_steps']} steps" + (f", threshold {args.threshold}" if args.halting == "dynamic" else "")
+    halt_desc = f"max {model.config['halt_max_steps']} steps" + (
+        f", threshold {args.threshold} ({args.threshold_source})" if args.halting == "dynamic" else "")
     print(f"Halting: {args.halting} ({halt_desc})")
     print(f"Device: {device.type}")
     print(f"Output dir: {display_path(out_dir)}")

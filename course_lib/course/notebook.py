@@ -34,7 +34,7 @@ class ParameterError(ValueError):
     """A notebook parameter (papermill -p NAME VALUE) is invalid."""
 
 
-# An int parameter with no stated upper bound gets this one: a seed or a count beyond it is a typo,
+# An int parameter with an open end gets this bound (and -INT_PARAM_MAX below): a seed or a count beyond it is a typo,
 # and NumPy's seeds stop at 2**32 - 1 (a seed of 10**30 would pass `low=0`, then crash far away).
 INT_PARAM_MAX = 2**32 - 1
 
@@ -45,8 +45,8 @@ def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None =
     """Validate one parameter; raise ParameterError saying what is allowed. Returns the value.
 
     An int is accepted where a float is meant (`-p threshold 1`). Floats must be finite (NaN passes
-    every `<`/`>` comparison as False, so a range check alone lets it through). An int without
-    `high` is bounded by INT_PARAM_MAX. nonempty=True refuses "", blank strings and empty lists;
+    every `<`/`>` comparison as False, so a range check alone lets it through). An int-only
+    parameter without `high` (or `low`) is bounded by INT_PARAM_MAX (or -INT_PARAM_MAX). nonempty=True refuses "", blank strings and empty lists;
     file=True requires an existing file (relative paths are from the repo root).
     """
     kinds = _as_tuple(kind) if kind is not None else ()
@@ -69,27 +69,28 @@ def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None =
                              f"pass an existing file, e.g. papermill ... -p {name} <path>")
     if choices is not None and value not in choices:
         raise ParameterError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
-    _check_number(name, value, low, high)
+    _check_number(name, value, low, high, int_only=bool(kinds) and float not in kinds)
     return value
 
 
-def _check_number(name: str, value: Any, low: float | None, high: float | None) -> None:
-    """Range checks through course_lib.core.checks: finite floats, ints within [low, high or INT_PARAM_MAX]."""
+def _check_number(name: str, value: Any, low: float | None, high: float | None, int_only: bool) -> None:
+    """Range checks: finite floats (core.checks.check_float), low/high, and INT_PARAM_MAX for int-only parameters."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if low is not None or high is not None:  # a range on a non-number (the kind check let it through)
-            raise ParameterError(f"parameter {name!r} must be a number, got {value!r} ({type(value).__name__})")
         return
     try:
-        if isinstance(value, int):
-            top = INT_PARAM_MAX if high is None else high
-            if isinstance(low, float) or isinstance(top, float):  # an int where a float range is meant
-                check_float(repr(name), value, low=low, high=top)
-            else:
-                check_int(repr(name), value, low=low, high=top)
-        else:
-            check_float(repr(name), value, low=low, high=high)
+        if isinstance(value, float):
+            check_float(repr(name), value)  # NaN and infinities: every comparison below would let NaN through
     except ValueError as exc:
         raise ParameterError(f"parameter {exc}; e.g. papermill ... -p {name} <value>") from None
+    if low is not None and value < low:
+        raise ParameterError(f"parameter {name!r} must be >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ParameterError(f"parameter {name!r} must be <= {high}, got {value!r}")
+    if int_only and isinstance(value, int) and (low is None or high is None):  # an open end: bound it
+        try:
+            check_int(repr(name), value, low=-INT_PARAM_MAX if low is None else low, high=INT_PARAM_MAX if high is None else high)
+        except ValueError as exc:
+            raise ParameterError(f"parameter {exc}; e.g. papermill ... -p {name} <value>") from None
 
 
 def _as_tuple(kind):

@@ -34,8 +34,8 @@ class ParameterError(ValueError):
     """A notebook parameter (papermill -p NAME VALUE) is invalid."""
 
 
-# An int parameter with an open end gets this bound (and -INT_PARAM_MAX below): a seed or a count beyond it is a typo,
-# and NumPy's seeds stop at 2**32 - 1 (a seed of 10**30 would pass `low=0`, then crash far away).
+# An int parameter with an open end is bounded by ±INT_PARAM_MAX: a seed or a count beyond it is a
+# typo, and NumPy's seeds stop at 2**32 - 1 (a seed of 10**30 would pass `low=0`, then crash far away).
 INT_PARAM_MAX = 2**32 - 1
 
 
@@ -46,8 +46,9 @@ def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None =
 
     An int is accepted where a float is meant (`-p threshold 1`). Floats must be finite (NaN passes
     every `<`/`>` comparison as False, so a range check alone lets it through). An int-only
-    parameter without `high` (or `low`) is bounded by INT_PARAM_MAX (or -INT_PARAM_MAX). nonempty=True refuses "", blank strings and empty lists;
-    file=True requires an existing file (relative paths are from the repo root).
+    parameter without `high` (or `low`) is bounded by INT_PARAM_MAX (or -INT_PARAM_MAX).
+    nonempty=True refuses "", blank strings and empty lists; file=True requires an existing file
+    (relative paths are from the repo root).
     """
     kinds = _as_tuple(kind) if kind is not None else ()
     if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):

@@ -870,3 +870,11 @@ def test_act_two_12_puzzle_sets_in_folders_of_one_name_give_24_puzzles(tmp_path,
     assert len(sub) == 36
     assert {k.rsplit("/", 1)[0] for k in sub} == {"a/ds", "b/ds", "x|y/ds"}
     assert all(sum(k.startswith(p + "/") for k in sub) == 12 for p in ("a/ds", "b/ds", "x|y/ds"))
+
+
+def test_act_threshold_nan_exits_2(act_setup, capsys):
+    root, ckpt, a, _ = act_setup
+    with pytest.raises(SystemExit) as exc:
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--halting", "dynamic", "--threshold", "nan",
+                 "--output_dir", str(root / "nan"))
+    assert exc.value.code == 2 and "--threshold is a probability" in capsys.readouterr().err and not (root / "nan").exists()

@@ -518,3 +518,363 @@ def test_build_dataset_uses_the_umask_and_a_concurrent_loser_gets_one_line(tmp_p
     assert len(err) == 1 and "created by another run meanwhile" in err[0]
     assert [p.name for p in (tmp_path / "race").iterdir()] == ["train"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.")]
+
+
+# ============================================================ issue 20 (inputs): notebook parameters
+@pytest.mark.parametrize("name, value, kw, needle", [
+    ("threshold", float("nan"), dict(kind=float, low=0.0, high=1.0), "must be a finite number, got nan"),
+    ("temperature", float("inf"), dict(kind=(int, float), low=0, high=5), "must be a finite number, got inf"),
+    ("extend_factor", float("-inf"), dict(kind=(int, float), low=1.0, high=64.0), "must be a finite number, got -inf"),
+    ("extend_factor", float("nan"), dict(kind=(int, float), low=1.0, high=64.0), "must be a finite number, got nan"),
+    ("seed", 10**30, dict(kind=int, low=0), r"must be an int in \[0, 4294967295\], got 10000"),
+    ("seed", -1, dict(kind=int, low=0), r"must be >= 0, got -1"),
+    ("n", -(10**30), dict(kind=int, high=5), r"must be an int in \[-4294967295, 5\]"),
+    ("batch_lengths", [], dict(kind=list, nonempty=True), "is an empty list; give at least one value"),
+])
+def test_check_param_refuses_nan_inf_huge_ints_and_empty_lists(name, value, kw, needle):
+    from course_lib.course.notebook import ParameterError, check_param
+
+    with pytest.raises(ParameterError, match=needle) as err:
+        check_param(name, value, **kw)
+    assert "\n" not in str(err.value) and repr(name) in str(err.value)
+
+
+def test_check_param_still_accepts_what_it_should():
+    from course_lib.course.notebook import INT_PARAM_MAX, check_param
+
+    assert check_param("seed", INT_PARAM_MAX, kind=int, low=0) == INT_PARAM_MAX
+    assert check_param("threshold", 1, kind=float, low=0.0, high=1.0) == 1  # an int where a float is meant
+    assert check_param("top_ks", [], kind=list) == []  # empty is fine where it means "none"
+    assert check_param("temperature", 0.7, kind=(int, float), low=0, high=5) == 0.7
+
+
+def _papermill_04(tmp_path, **parameters):
+    pm = pytest.importorskip("papermill")
+    from course_lib.core.paths import NOTEBOOKS
+
+    nb = NOTEBOOKS / "04_act_halting_loops.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=parameters, cwd=str(NOTEBOOKS),
+                            kernel_name="python3", progress_bar=False)
+    return err.value
+
+
+def test_papermill_04_threshold_nan_stops_at_the_parameters_check(tmp_path):
+    from papermill.cli import _resolve_type
+
+    value = _resolve_type("nan")  # what `papermill ... -p threshold nan` passes
+    err = _papermill_04(tmp_path, threshold=value)
+    assert err.ename == "ParameterError" and "\n" not in err.evalue
+    assert "'threshold' must be a finite number, got nan" in err.evalue
+    assert "check_param" in err.source  # the parameters check cell, not twenty cells later
+
+
+def test_papermill_04_unknown_name_stops_with_one_line(tmp_path):
+    err = _papermill_04(tmp_path, sede=3)
+    assert err.ename == "ParameterError" and "\n" not in err.evalue and "unknown parameter(s) ['sede']" in err.evalue
+
+
+# ======================================================= issue 20 (inputs): pickle protocols 2-5
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_safe_checkpoint_loads_under_any_pickle_protocol(tmp_path, protocol, zip_format):
+    import collections
+
+    obj = {"h_params": {"n": 1, "name": "x", "t": (1, 2)}, "sd": collections.OrderedDict(w=torch.arange(6.0).view(2, 3)),
+           "half": torch.ones(2, dtype=torch.float16), "b": b"xy", "size": torch.Size([2, 3])}
+    path = tmp_path / "ok.pt"
+    torch.save(obj, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    back = load_checkpoint(path)
+    assert back["h_params"] == obj["h_params"] and torch.equal(back["sd"]["w"], obj["sd"]["w"])
+    assert back["half"].dtype == torch.float16 and back["b"] == b"xy" and back["size"] == torch.Size([2, 3])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("payload", list(PAYLOADS))
+def test_protocol_4_and_5_unsafe_globals_are_named_and_never_run(tmp_path, payload, protocol, zip_format, monkeypatch):
+    make, needle = PAYLOADS[payload]
+    ran = []
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": make()}, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+    monkeypatch.setattr(os, "system", lambda *a: ran.append(a))  # the payload must never execute
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "refused to load" in msg and "corrupted" not in msg and "\n" not in msg, msg
+    assert needle in msg.split("(found ")[1].split(")")[0], msg
+    assert not ran
+
+
+def test_stack_global_names_come_from_the_memo(tmp_path):
+    """A protocol 4 pickle that names its module by BINGET of a memoized string is still read right."""
+
+    from course_lib.core.checkpoints import unsafe_globals
+
+    path = tmp_path / "x.pt"
+    # PROTO 4, module string memoized, name, STACK_GLOBAL; then the same module again via BINGET
+    body = (b"\x80\x04" + b"\x8c\x05posix\x94" + b"\x8c\x06system\x94" + b"\x93\x94"
+            + b"h\x00" + b"\x8c\x04nice\x94" + b"\x93" + b"\x86." )
+    path.write_bytes(body)
+    assert unsafe_globals(path) == ["posix.system", "posix.nice"]
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_truncated_protocol_4_file_is_called_corrupted(tmp_path):
+    path = tmp_path / "cut.pt"
+    torch.save({"w": torch.ones(100)}, path, pickle_protocol=4, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)
+
+
+# ================================================ issue 20 (inputs): absurd sizes, non-finite weights
+def _loaders():
+    from course_lib.act.checkpoint import load_reasoner
+    from course_lib.motion.classifier import load_classifier
+    from course_lib.motion.gpt import load_trans
+    from course_lib.motion.text_encoder import load_text_encoder
+    from course_lib.motion.vqvae import load_vqvae
+    from course_lib.text.draft import load_draft
+    from course_lib.text.gpt import load_gpt
+
+    # kind: (shipped file, loader, key of the config dict, key of the state dict)
+    return {
+        "text": ("text_gpt.pt", load_gpt, "h_params", "model_state_dict"),
+        "draft": ("draft_gpt.pt", load_draft, "h_params", "model_state_dict"),
+        "motion_trans": ("motion/trans.pth", load_trans, "config", "trans"),
+        "vqvae": ("motion/vqvae.pth", load_vqvae, "config", "net"),
+        "text_encoder": ("motion/text_encoder.pt", load_text_encoder, "config", "state_dict"),
+        "classifier": ("motion/action_classifier.pt", load_classifier, "config", "state_dict"),
+        "act": ("act/step_8000", load_reasoner, None, None),
+    }
+
+
+ABSURD = [
+    ("text", {"vocab_size": 10**12}), ("text", {"n_embd": 2**20, "n_head": 4}), ("text", {"n_layer": 10**7}),
+    ("text", {"block_size": 10**7}), ("draft", {"target_vocab_size": 10**12}),
+    ("motion_trans", {"n_embd": 2**20}), ("motion_trans", {"n_layer": 10**7}), ("motion_trans", {"block_size": 10**7}),
+    ("vqvae", {"width": 10**6}), ("vqvae", {"nb_code": 10**10}), ("vqvae", {"depth": 10**6}),
+    ("text_encoder", {"vocab_size": 10**11}), ("text_encoder", {"n_layer": 10**8}),
+    ("classifier", {"width": 10**6}),
+    ("act", {"hidden_size": 2**20}), ("act", {"halt_max_steps": 10**9}), ("act", {"H_layers": 10**7}),
+    ("act", {"H_cycles": 1000, "L_cycles": 1000}),
+]
+
+
+def _copy_with(tmp_path, kind, config=None, nan=False):
+    """A copy of a shipped checkpoint with config keys replaced and/or its first float tensor set to NaN."""
+    import json
+
+    from course_lib.core.paths import CHECKPOINTS
+
+    name, loader, cfg_key, sd_key = _loaders()[kind]
+    ckpt = torch.load(CHECKPOINTS / name, weights_only=True)
+    out = tmp_path / Path(name).name
+    if kind == "act":
+        cfg = json.loads((CHECKPOINTS / "act" / "all_config.json").read_text())
+        (tmp_path / "all_config.json").write_text(json.dumps({**cfg, **(config or {})}))
+        sd = ckpt
+    else:
+        ckpt[cfg_key] = {**ckpt[cfg_key], **(config or {})}
+        sd = ckpt[sd_key]
+    if nan:
+        key = next(k for k, v in sd.items() if v.is_floating_point())
+        sd[key] = sd[key].clone()
+        sd[key].view(-1)[0] = float("nan")
+    torch.save(ckpt, out)
+    return out, loader, (key if nan else None)
+
+
+from pathlib import Path  # noqa: E402
+
+
+@pytest.mark.parametrize("kind, config", ABSURD, ids=[f"{k}-{'-'.join(c)}" for k, c in ABSURD])
+def test_absurd_sizes_are_refused_before_allocating(tmp_path, kind, config, monkeypatch):
+    import time
+
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.core.sizes import MAX_MODEL_BYTES
+
+    path, loader, _ = _copy_with(tmp_path, kind, config)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as err:
+        loader(path)
+    assert time.perf_counter() - start < 60  # refused, not built (a build would take minutes or fail in the allocator)
+    msg = str(err.value)
+    assert "\n" not in msg and (path.name in msg or "all_config.json" in msg), msg
+    assert "above the loader's limit of" in msg and any(k in msg for k in config), msg
+    assert f"{MAX_MODEL_BYTES / 2**30:.3g} GiB" in msg or "limit of 1024" in msg or "limit of 64" in msg or "65,536" in msg, msg
+
+
+def test_size_message_has_the_estimate_and_the_limit(tmp_path):
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.text.gpt import load_gpt
+
+    path, _, _ = _copy_with(tmp_path, "text", {"vocab_size": 10**9})
+    with pytest.raises(CheckpointError, match=r"\(vocab_size=1000000000, n_embd=64, n_layer=4, block_size=512\) needs about 2,146 GiB .*above the loader's limit of 4 GiB"):
+        load_gpt(path)
+
+
+def test_shipped_models_are_far_below_the_size_limit():
+    from course_lib.core.sizes import MAX_MODEL_BYTES
+    from course_lib.text.gpt import DEFAULT_H_PARAMS, check_gpt_size
+
+    assert check_gpt_size("checkpoints/text_gpt.pt", DEFAULT_H_PARAMS) < MAX_MODEL_BYTES / 10
+
+
+@pytest.mark.parametrize("kind", ["text", "draft", "motion_trans", "vqvae", "text_encoder", "classifier", "act"])
+def test_nan_weights_are_refused_naming_the_checkpoint_and_tensor(tmp_path, kind):
+    from course_lib.core.checkpoints import CheckpointError
+
+    path, loader, key = _copy_with(tmp_path, kind, nan=True)
+    with pytest.raises(CheckpointError) as err:
+        loader(path)
+    msg = str(err.value)
+    assert path.name in msg and "NaN" in msg and "\n" not in msg, msg
+    assert key.split(".")[-1] in msg, msg
+
+
+def test_vqvae_nan_statistics_are_refused(tmp_path):
+    from course_lib.core.checkpoints import CheckpointError
+    from course_lib.core.paths import CHECKPOINTS
+    from course_lib.motion.vqvae import load_vqvae
+
+    ckpt = torch.load(CHECKPOINTS / "motion" / "vqvae.pth", weights_only=True)
+    ckpt["std"] = ckpt["std"].clone()
+    ckpt["std"][3] = float("inf")
+    torch.save(ckpt, tmp_path / "vq.pth")
+    with pytest.raises(CheckpointError, match=r"vq.pth: tensor 'std' holds inf"):
+        load_vqvae(tmp_path / "vq.pth")
+
+
+def test_act_cli_refuses_nan_weights_with_exit_2(tmp_path):
+    path, _, _ = _copy_with(tmp_path, "act", nan=True)
+    from course_lib.act.build_dataset import build
+
+    data = build(tmp_path / "ds", seed=3, num_train=0, num_test=2)
+    r = run_module("course_lib.act.inference", "--checkpoint", str(path), "--data_paths", str(data),
+                   "--output_dir", str(tmp_path / "out"), "--device", "cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "NaN" in r.stderr and not (tmp_path / "out").exists()
+
+
+# ================================ issue 20 (inputs): act.inference on a full disk, read-only, symlink loops
+def _enospc_on_write(monkeypatch, err=28):
+    """Every atomic write (mode "wb") fails as a full disk would (OSError errno 28 from write); the
+    run's claim marker (mode "w") still goes through, so the failure comes while saving results."""
+    import course_lib.core.files as files
+
+    real_fdopen = files.os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(err, os.strerror(err))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode="r", *a, **k: (Full if mode == "wb" else lambda f: f)(
+        real_fdopen(fd, mode, *a, **k)))
+
+
+@pytest.mark.parametrize("err, words", [(28, "the disk is full"), (30, "the file system is read-only")])
+def test_act_full_disk_or_read_only_is_one_line_naming_the_file(act_setup, capsys, monkeypatch, err, words):
+    root, ckpt, a, _ = act_setup
+    out = root / f"full-{err}"
+    _enospc_on_write(monkeypatch, err)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "step_5_all_preds.0" in lines[0], lines
+    assert "unexpected pos" not in lines[0] and "Errno" not in lines[0]
+    assert not out.exists()  # the claim is released: nothing half-written
+
+
+def test_act_output_dir_claim_failing_is_one_line(act_setup, capsys, monkeypatch):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def read_only(path, record):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(inf, "claim_output_dir", read_only)
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(root / "ro")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "read-only" in lines[0] and "ro" in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--data_paths", "--output_dir"])
+def test_act_symlink_loop_is_one_line_naming_the_path(act_setup, tmp_path, flag):
+    root, ckpt, a, _ = act_setup
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    args = {"--checkpoint": str(ckpt), "--data_paths": str(a), "--output_dir": str(tmp_path / "out")}
+    args[flag] = str(tmp_path / "l1") + ("/x" if flag == "--output_dir" else "")
+    r = run_module("course_lib.act.inference", *[x for kv in args.items() for x in kv])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "symlink loop" in last and str(tmp_path / "l1") in last
+
+
+def test_display_path_of_a_symlink_loop_does_not_raise(tmp_path):
+    from course_lib.core.paths import display_path, link_problem
+
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    assert display_path(tmp_path / "l1") == str(tmp_path / "l1")
+    assert link_problem(tmp_path / "l1" / "x") == "a symlink loop" and link_problem(tmp_path) is None
+
+
+@pytest.mark.parametrize("where", ["load_reasoner", "load_split", "claim", "run_forced", "save"])
+def test_act_ctrl_c_at_any_stage_is_one_line_exit_130(act_setup, capsys, monkeypatch, where):
+    import course_lib.act.inference as inf
+
+    root, ckpt, a, _ = act_setup
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"load_reasoner": "load_reasoner", "load_split": "load_split", "claim": "claim_output_dir",
+              "run_forced": "run_forced", "save": "save_tensors"}[where]
+    monkeypatch.setattr(inf, target, interrupt)
+    out = root / f"ctrl-c-{where}"
+    assert act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--output_dir", str(out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+    assert not out.exists()
+
+
+# ======================================= issue 20 (inputs): ACT test sets that share a folder name
+def test_act_two_12_puzzle_sets_in_folders_of_one_name_give_24_puzzles(tmp_path, capsys):
+    """a/ds and b/ds (and a folder whose name holds the variant separator "|") are scored and voted apart."""
+    import json
+
+    from course_lib.act.build_dataset import build
+    from course_lib.act.checkpoint import SHIPPED
+
+    a = build(tmp_path / "a" / "ds", seed=11, num_train=0, num_test=12)
+    b = build(tmp_path / "b" / "ds", seed=11, num_train=0, num_test=12)  # the same seed: identical puzzle names
+    c = build(tmp_path / "x|y" / "ds", seed=12, num_train=0, num_test=12)
+    out = tmp_path / "out"
+    assert act_main("--checkpoint", str(SHIPPED), "--data_paths", str(a), str(b), str(c), "--output_dir", str(out)) == 0
+    sub = json.loads((out / "evaluator_ARC_step_8000" / "submission.json").read_text())
+    assert len(sub) == 36
+    assert {k.rsplit("/", 1)[0] for k in sub} == {"a/ds", "b/ds", "x|y/ds"}
+    assert all(sum(k.startswith(p + "/") for k in sub) == 12 for p in ("a/ds", "b/ds", "x|y/ds"))
+
+
+def test_act_threshold_nan_exits_2(act_setup, capsys):
+    root, ckpt, a, _ = act_setup
+    with pytest.raises(SystemExit) as exc:
+        act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--halting", "dynamic", "--threshold", "nan",
+                 "--output_dir", str(root / "nan"))
+    assert exc.value.code == 2 and "--threshold is a probability" in capsys.readouterr().err and not (root / "nan").exists()

@@ -206,3 +206,89 @@ def test_cli_subprocess_non_utf8_prompt_file(tmp_path, tiny_ckpts):
                            "--out_dir", str(tmp_path / "out"), *tiny_ckpts], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "is not UTF-8" in proc.stderr.strip().splitlines()[-1] and not (tmp_path / "out").exists()
+
+
+# ============================== issue 20 (inputs): full disk, read-only folder, symlink loops, Ctrl-C
+def _fail_writes(monkeypatch, err):
+    """Every atomic write fails as the disk would: os.fdopen(...).write raises OSError(err)."""
+    import errno
+    import os as _os
+
+    from course_lib.core import files
+
+    real_fdopen = _os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(err, _os.strerror(err))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    return errno
+
+
+@pytest.mark.parametrize("err, words", [(28, "the disk is full"), (30, "the file system is read-only"), (13, "permission denied")])
+def test_full_disk_or_read_only_is_one_line_naming_the_path(tmp_path, tiny_ckpts, capsys, monkeypatch, err, words):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person walks forward\nsomeone jumps twice\n", encoding="utf-8")
+    _fail_writes(monkeypatch, err)
+    assert run(prompts, tmp_path / "out", tiny_ckpts, "--no_gif") == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and str(tmp_path / "out" / "exp") in lines[0], lines
+    assert "Traceback" not in lines[0] and "Errno" not in lines[0]
+    assert not list((tmp_path / "out" / "exp").iterdir())  # nothing half-written kept
+
+
+@pytest.mark.parametrize("flag", ["--infer_batch_prompt", "--out_dir", "--resume_pth", "--exp_name"])
+def test_symlink_loop_is_one_line_naming_the_path(tmp_path, tiny_ckpts, capsys, flag):
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person walks forward\n", encoding="utf-8")
+    args = {"--infer_batch_prompt": str(prompts), "--out_dir": str(tmp_path / "out"), "--exp_name": "exp"}
+    if flag == "--exp_name":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "exp").symlink_to(tmp_path / "l1")
+    else:
+        args[flag] = str(tmp_path / "l1")
+    ckpts = list(tiny_ckpts)
+    if flag == "--resume_pth":
+        ckpts[1] = str(tmp_path / "l1")
+    with pytest.raises(SystemExit) as exc:
+        inference_batch.main([x for kv in args.items() for x in kv] + ckpts)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "symlink loop" in err[-1], err  # argparse: usage, then the one error line
+    assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("where", ["load_pipeline", "generate", "write"])
+def test_ctrl_c_at_any_stage_is_one_line_exit_130(tmp_path, tiny_ckpts, capsys, monkeypatch, where):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person walks forward\n", encoding="utf-8")
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    if where == "load_pipeline":
+        monkeypatch.setattr(inference_batch, "load_pipeline", interrupt)
+    elif where == "write":
+        monkeypatch.setattr(inference_batch, "save_gif", interrupt)
+    else:
+        from course_lib.motion.pipeline import MotionPipeline
+        monkeypatch.setattr(MotionPipeline, "generate", interrupt)
+    assert run(prompts, tmp_path / "out", tiny_ckpts) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+    root = tmp_path / "out" / "exp"
+    assert not root.exists() or not list(root.iterdir())

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from course_lib.core.files import atomic_write_text
 
 from . import puzzles as P
 
@@ -100,13 +101,7 @@ class ARCEvaluator:
 
     def write_submission(self, folder: str | Path) -> Path:
         """folder/submission.json, written to a temp name and renamed."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "submission.json"
-        tmp = folder / ".submission.json.tmp"
-        tmp.write_text(json.dumps(self.submission()) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(Path(folder) / "submission.json", json.dumps(self.submission()) + "\n")
 
 
 def sigmoid(x: float) -> float:

@@ -78,10 +78,10 @@ def augmentation_keys(grids: np.ndarray) -> np.ndarray:
     return (variants.astype(np.int64) @ powers).min(axis=(0, 2))
 
 
-def train_keys(folder: Path) -> set[int]:
-    """Canonical keys of every puzzle in the train split of a dataset folder."""
-    inputs = np.load(Path(folder) / "train" / "all__inputs.npy")
-    return set(P.canonical_keys(P.grids_of(inputs)).tolist())
+def train_keys(folder: Path, split: str = "train") -> set[int]:
+    """Canonical keys of every puzzle in a split (train by default) of a dataset folder."""
+    inputs = np.load(Path(folder) / split / "all__inputs.npy")
+    return set(P.canonical_keys(P.grids_of(inputs)).tolist()) if len(inputs) else set()
 
 
 def held_out(bases, seen: set[int]) -> tuple[list[bool], int, int]:
@@ -161,12 +161,14 @@ def write_split(folder: Path, split: str, bases, num_aug: int, rng: np.random.Ge
 
 
 def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 3, test_aug: int = 3,
-          exclude_train: tuple[Path, ...] | list[Path] = (), unseen_classes: bool = False) -> Path:
+          exclude_train: tuple[Path, ...] | list[Path] = (), unseen_classes: bool = False,
+          exclude_test: tuple[Path, ...] | list[Path] = ()) -> Path:
     """Build both splits into a temporary folder, then rename it to `out` (never half-written).
 
     The test split drops every puzzle equivalent (under the 3072 symmetries) to a puzzle of this
     train split or of the train split of any `exclude_train` folder; with `unseen_classes` it is
-    drawn from the puzzle classes none of those training sets touches.
+    drawn from the puzzle classes none of those training sets touches. `exclude_test` folders' test
+    splits are removed the same way: a validation set and a test set never share a puzzle class.
     """
     out = Path(out)
     check_sizes(num_train, num_test)
@@ -175,6 +177,9 @@ def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 
     for d in exclude_train:
         if not (Path(d) / "train" / "all__inputs.npy").exists():
             raise FileNotFoundError(f"--exclude-train {display_path(d)} has no train split; build that dataset first")
+    for d in exclude_test:
+        if not (Path(d) / "test" / "all__inputs.npy").exists():
+            raise FileNotFoundError(f"--exclude-test {display_path(d)} has no test split; build that dataset first")
     rng = np.random.default_rng(seed)
     # Test first, so the test candidates of a given seed do not depend on --num-train.
     test = generate_bases(rng, num_test, set())
@@ -182,8 +187,12 @@ def build(out: Path, seed: int, num_train: int, num_test: int, train_aug: int = 
     seen = set(P.canonical_keys(np.stack([b[0] for b in train])).tolist()) if train else set()
     for d in exclude_train:
         seen |= train_keys(d)
+    for d in exclude_test:
+        seen |= train_keys(d, "test")
     extra = {"held_out_rule": "no test puzzle equals a training puzzle up to the 3072 Sudoku symmetries",
              "excluded_train_sets": ["this dataset", *(display_path(Path(d)) for d in exclude_train)]}
+    if exclude_test:
+        extra["excluded_test_sets"] = [display_path(Path(d)) for d in exclude_test]
     if unseen_classes:
         test, free = unseen_class_bases(np.random.default_rng([seed, 3]), num_test, seen)
         if free < num_test:
@@ -226,12 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-aug", type=int, default=3, help="augmented copies per test puzzle (default 3)")
     ap.add_argument("--exclude-train", type=Path, action="append", default=[], metavar="DIR",
                     help="also drop test puzzles equivalent to the train split of this dataset folder (repeatable)")
+    ap.add_argument("--exclude-test", type=Path, action="append", default=[], metavar="DIR",
+                    help="also drop test puzzles equivalent to the TEST split of this dataset folder (repeatable): "
+                         "keeps a validation set and a test set apart")
     ap.add_argument("--unseen-classes", action="store_true",
                     help="test split = puzzle classes no training puzzle belongs to, instead of deduplicated random draws")
     args = ap.parse_args(argv)
     for d in args.exclude_train:
         if not (d / "train" / "all__inputs.npy").exists():
             ap.error(f"--exclude-train {display_path(d)} is not a dataset folder with a train split; build it first")
+    for d in args.exclude_test:
+        if not (d / "test" / "all__inputs.npy").exists():
+            ap.error(f"--exclude-test {display_path(d)} is not a dataset folder with a test split; build it first")
     if args.seed < 0:
         ap.error("--seed must be >= 0")
     if args.num_train < 0 or args.num_test < 1:
@@ -247,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     try:
         out = build(args.out, args.seed, args.num_train, args.num_test, args.train_aug, args.test_aug,
-                    args.exclude_train, args.unseen_classes)
+                    args.exclude_train, args.unseen_classes, args.exclude_test)
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from course_lib.act.model import DEFAULT_CONFIG, ACTReasoner
+from course_lib.act.model import DEFAULT_CONFIG, HALT_SLOTS, ACTReasoner
 from course_lib.core.checkpoints import CheckpointError, common_prefix, load_checkpoint, load_weights, strip_prefix
 from course_lib.core.checks import check_float, check_int, is_valid
 from course_lib.core.paths import CHECKPOINTS, display_path
+from course_lib.core.sizes import MAX_LAYERS, MAX_LOOP_STEPS, check_build_size, check_counts
 
 CONFIG_NAME = "all_config.json"
 SHIPPED = CHECKPOINTS / "act" / "step_8000"
@@ -62,6 +63,27 @@ def check_config(cfg: object, path: str | Path = CONFIG_NAME) -> None:
     merged = {**DEFAULT_CONFIG, **cfg}
     if merged["hidden_size"] % merged["num_heads"]:
         raise CheckpointError(f"{shown}: hidden_size {merged['hidden_size']} is not divisible by num_heads {merged['num_heads']}.")
+    # Loop counts are bounded before anything runs: halt_max_steps is the evaluation loop's length.
+    check_counts(path, {k: merged[k] for k in ("H_layers", "L_layers")}, MAX_LAYERS)
+    check_counts(path, {k: merged[k] for k in ("H_cycles", "L_cycles", "halt_max_steps")}, MAX_LOOP_STEPS)
+    calls = merged["halt_max_steps"] * merged["H_cycles"] * (merged["L_cycles"] * merged["L_layers"] + merged["H_layers"])
+    if calls > MAX_BLOCK_CALLS:
+        raise CheckpointError(f"{shown}: halt_max_steps x H_cycles x (L_cycles x L_layers + H_layers) = {calls:,} block calls "
+                              f"per puzzle, above the loader's limit of {MAX_BLOCK_CALLS:,}; the config is damaged.")
+
+
+# Block applications per puzzle at evaluation; the shipped config makes 8 x 2 x (2 x 1 + 1) = 48.
+MAX_BLOCK_CALLS = 2**16
+
+
+def check_reasoner_size(path: str | Path, config: dict) -> int:
+    """CheckpointError (the estimate and the limit) before building a reasoner too large for MAX_MODEL_BYTES:
+    its weights plus one row's carry (z_H, z_L), attention scores and logits."""
+    c = {**DEFAULT_CONFIG, **config}
+    t = HALT_SLOTS + c["seq_len"]
+    runtime = 4 * (2 * t * c["hidden_size"] + c["num_heads"] * t * t + c["seq_len"] * c["vocab_size"])
+    shown = {k: c[k] for k in ("hidden_size", "num_heads", "H_layers", "L_layers", "seq_len", "vocab_size")}
+    return check_build_size(path, lambda: ACTReasoner(config), runtime_bytes=runtime, what="ACT reasoner", config=shown)
 
 
 def load_reasoner(path: str | Path = SHIPPED, device: str | torch.device = "cpu") -> ACTReasoner:
@@ -73,6 +95,7 @@ def load_reasoner(path: str | Path = SHIPPED, device: str | torch.device = "cpu"
         sd = strip_prefix(sd, prefix)
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{display_path(path)} is not a state dict of tensors (the ACT layout stores one per step file).")
+    check_reasoner_size(path, config)
     model = ACTReasoner(config)
-    load_weights(model, sd)
+    load_weights(model, sd, path=path)
     return model.eval().to(device)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib.core.paths import display_path
+from course_lib.core.paths import display_path, link_problem
 
 from . import puzzles as P
 
@@ -42,6 +42,8 @@ class PuzzleSet:
 def load_split(root: str | Path, split: str = "test", set_name: str = "all") -> PuzzleSet:
     root = Path(root)
     shown = display_path(root)
+    if not root.exists() and (problem := link_problem(root)) is not None:
+        raise DataError(f"dataset {shown} cannot be opened: the path goes through {problem}; fix the link or pass the folder itself.")
     if not root.exists():
         raise DataError(f"dataset not found: {shown}. Build one with `python -m course_lib.act.build_dataset --out {shown} --seed 0`.")
     if not root.is_dir():

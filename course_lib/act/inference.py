@@ -43,13 +43,14 @@ from pathlib import Path
 import torch
 
 from course_lib.act.arc_evaluator import ARCEvaluator
+from course_lib.act.calibrate import describe_calibration, read_threshold
 from course_lib.act.checkpoint import load_reasoner, step_of
 from course_lib.act.data import DataError, load_split
 from course_lib.act.halting import run_dynamic, run_forced
 from course_lib.act.loss import METRIC_NAMES, ACTLossHead
 from course_lib.core.checkpoints import CheckpointError
 from course_lib.core.device import pick_device
-from course_lib.core.files import check_output_folder, claim_folder, claim_numbered_folder
+from course_lib.core.files import atomic_write_bytes, check_output_folder, claim_folder, claim_numbered_folder, write_error
 from course_lib.core.paths import RUNS, display_path
 from course_lib.distributed import DistSetupError, init_from_env, launched_by_torchrun
 from course_lib.distributed.gather import all_gather_object, gather_to_rank0, local_slice
@@ -71,7 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"keys to save (default: preds inputs); any of: {' '.join(SAVE_KEYS)}")
     ap.add_argument("--halting", choices=("forced", "dynamic"), default="forced",
                     help="forced: always halt_max_steps (the seed); dynamic: halted rows are frozen (early exit)")
-    ap.add_argument("--threshold", type=float, default=0.5, help="dynamic halting: stop when sigmoid(q_halt) > threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="dynamic halting: stop a puzzle when sigmoid(q_halt) > threshold. Default: the threshold calibrated "
+                         "for the checkpoint, read from halting.json beside it; " + describe_calibration() +
+                         " Without a halting.json: 0.5.")
     ap.add_argument("--batch_size", type=int, default=500)
     ap.add_argument("--output_dir", type=Path, default=None, help="default: a new folder under runs/act_inference/")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -83,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--max_batches must be >= 1 (leave it out to process every batch)")
     if args.batch_size < 1:
         ap.error("--batch_size must be >= 1")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # NaN fails this too
         ap.error("--threshold is a probability: use a value in [0, 1]")
     if args.output_dir is not None and args.output_dir.is_dir() and any(args.output_dir.iterdir()):
         ap.error(f"--output_dir {display_path(args.output_dir)} already exists and is not empty; "
@@ -132,15 +136,18 @@ def release_output_dir(out_dir: Path, created: bool) -> None:
     """Undo the claim of a failed or interrupted run: remove what it wrote (and the folder if it made it)."""
     if created:
         shutil.rmtree(out_dir, ignore_errors=True)
-    else:
+        return
+    with contextlib.suppress(OSError):  # best effort: the failure being reported matters more than the cleanup
         for child in out_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
 
 
 def save_tensors(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through memory, then written atomically: a full disk raises a plain OSError naming the
+    file (torch's zip writer on a full disk reports only "unexpected pos 896 vs 790")."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +180,10 @@ def _main(argv: list[str] | None) -> int:
         device = info.device
     try:
         model = load_reasoner(args.checkpoint, device)
+        args.threshold_source = "given"
+        if args.threshold is None:  # the calibrated default stored beside the checkpoint
+            args.threshold, source = read_threshold(args.checkpoint)
+            args.threshold_source = f"calibrated, {display_path(source)}" if source else "no halting.json beside the checkpoint"
     except CheckpointError as exc:
         print(f"error: --checkpoint: {exc}", file=sys.stderr)
         return 2
@@ -187,11 +198,14 @@ def _main(argv: list[str] | None) -> int:
     # joined: rank 0's claim below cannot make another rank's check fail.
     if info is None or info.rank == 0:  # one process claims the folder; the others are told where it is
         try:
-            record = {k: v for k, v in vars(args).items() if k != "dataset_keys"}
+            record = {k: v for k, v in vars(args).items() if k not in ("dataset_keys", "threshold_source")}
             out_dir, created = claim_output_dir(args.output_dir, record)
         except FileExistsError:
             print(f"error: --output_dir {display_path(args.output_dir)} is already used by another run; "
                   "pick a new folder (earlier runs are never overwritten)", file=sys.stderr)
+        except OSError as exc:  # the check passed, then the disk filled or the folder became read-only
+            print(f"error: --output_dir: {write_error(exc, args.output_dir or DEFAULT_ROOT)}; pick another --output_dir",
+                  file=sys.stderr)
     if info is not None:
         out_dir = all_gather_object(None if out_dir is None else str(out_dir), info.world_size)[0]
         out_dir = None if out_dir is None else Path(out_dir)
@@ -202,6 +216,12 @@ def _main(argv: list[str] | None) -> int:
             with contextlib.redirect_stdout(io.StringIO()):
                 return _run(args, model, device, sets, step, out_dir, info)
         return _run(args, model, device, sets, step, out_dir, info)
+    except OSError as exc:  # a full disk, a folder made read-only mid-run: one line, nothing half-written kept
+        if info is None or info.rank == 0:
+            release_output_dir(out_dir, created)
+        print(f"error: {write_error(exc, out_dir)}; nothing was kept. Free some space or pick another --output_dir.",
+              file=sys.stderr)
+        return 1
     except BaseException:
         if info is None or info.rank == 0:  # the process that claimed the folder releases it
             release_output_dir(out_dir, created)
@@ -222,7 +242,8 @@ def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step
     print(f"Datasets: {[display_path(p) for p, _ in sets.values()]}")
     print(f"Max batches: {args.max_batches if args.max_batches else 'all'}")
     print(f"Save outputs: {args.save_outputs}")
-    halt_desc = f"max {model.config['halt_max_steps']} steps" + (f", threshold {args.threshold}" if args.halting == "dynamic" else "")
+    halt_desc = f"max {model.config['halt_max_steps']} steps" + (
+        f", threshold {args.threshold} ({args.threshold_source})" if args.halting == "dynamic" else "")
     print(f"Halting: {args.halting} ({halt_desc})")
     print(f"Device: {device.type}")
     print(f"Output dir: {display_path(out_dir)}")
@@ -238,7 +259,7 @@ def _run(args: argparse.Namespace, model, device: torch.device, sets: dict, step
         set_name = f"{key}/all" if multi else "all"
         offset = len(evaluator.names)
         # Namespace the puzzle ids of each dataset by its unique key so that two datasets never vote together.
-        evaluator.names.extend(f"{key}/{n}" if multi and i else n for i, n in enumerate(pset.names))
+        evaluator.names.extend(f"{key}/{n}" if multi else n for n in pset.names)
         sums: dict[str, float] = {}
         n_batches = -(-len(pset) // args.batch_size)
         if args.max_batches:

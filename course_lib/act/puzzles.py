@@ -83,9 +83,12 @@ def variant_name(base: str, tid: int, perm: tuple[int, ...]) -> str:
 
 
 def parse_name(name: str) -> tuple[str, int, tuple[int, ...]]:
-    """`sudoku00042|t5|p3142` -> ("sudoku00042", 5, (3, 1, 4, 2))."""
+    """`sudoku00042|t5|p3142` -> ("sudoku00042", 5, (3, 1, 4, 2)).
+
+    Split from the right: the base may itself hold "|" (act.inference prefixes it with the dataset's
+    folder key, and a folder may be named "x|y")."""
     try:
-        base, t, p = name.split("|")
+        base, t, p = name.rsplit("|", 2)
         tid, perm = int(t[1:]), tuple(int(c) for c in p[1:])
     except ValueError:
         raise ValueError(f"not a puzzle variant identifier: {name!r} (expected BASE|tN|pDDDD)") from None

@@ -11,7 +11,10 @@ import hashlib
 import io
 import json
 import pickle
+import pickletools
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 
 from course_lib.core.files import atomic_write_bytes, atomic_write_text
-from course_lib.core.paths import CHECKPOINTS, MANIFEST, display_path
+from course_lib.core.paths import CHECKPOINTS, MANIFEST, display_path, link_problem
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -42,6 +45,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     p = Path(path)
     shown = display_path(p)
     if not p.exists():
+        if (problem := link_problem(p)) is not None:
+            raise CheckpointError(f"checkpoint {shown} cannot be opened: the path goes through {problem}; fix the link or pass the file itself.")
         raise CheckpointError(f"checkpoint not found: {shown}. Check the path (run `make checkpoints` to rebuild the shipped ones).")
     if p.is_dir():
         inside = sorted(c.name for c in p.iterdir() if _looks_like_checkpoint(c))
@@ -53,18 +58,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         verify_checkpoint(p)
     sniff_checkpoint(p)
     try:
-        obj = torch.load(p, map_location=map_location, weights_only=True)
+        obj = _load_weights_only(p, map_location)
     except pickle.UnpicklingError as exc:
         found = refused_global(exc)
         if found is None:  # not a refused object: the bytes themselves are bad
             raise CheckpointError(f"{shown} is truncated or corrupted (not a readable torch checkpoint). "
                                   "Re-create it (`make checkpoints`) and compare its sha256 with checkpoints/MANIFEST.json.") from None
-        raise CheckpointError(
-            f"refused to load {shown}: it contains Python objects other than tensors and plain containers "
-            f"(found {found}). Unpickling arbitrary objects can execute code hidden in the file, so "
-            "weights_only=True blocks it. Re-save the checkpoint as a dict of tensors and plain values "
-            "(e.g. {'h_params': dict, 'model_state_dict': model.state_dict()})."
-        ) from None
+        raise CheckpointError(_unsafe_message(shown, found)) from None
     except Exception as exc:  # noqa: BLE001
         # A damaged pickle can trip the unpickler anywhere (an empty stack, a missing memo entry, a
         # short struct read, a bad zip): every such failure means the bytes are bad.
@@ -75,6 +75,136 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(obj, dict):
         raise CheckpointError(f"{shown} holds a {type(obj).__name__}, expected a dict of named entries.")
     return obj
+
+
+def _unsafe_message(shown: str, found: str) -> str:
+    return (f"refused to load {shown}: it contains Python objects other than tensors and plain containers "
+            f"(found {found}). Unpickling arbitrary objects can execute code hidden in the file, so "
+            "weights_only=True blocks it. Re-save the checkpoint as a dict of tensors and plain values "
+            "(e.g. {'h_params': dict, 'model_state_dict': model.state_dict()}).")
+
+
+def _load_weights_only(p: Path, map_location) -> Any:
+    """torch.load(weights_only=True); for pickle protocols 3-5, which its unpickler cannot parse, the same allowlist.
+
+    torch's weights-only unpickler reads protocol 2 only (torch.save's default): a protocol 4 or 5 file
+    (`torch.save(..., pickle_protocol=4)`) stops at its first FRAME opcode ("Unsupported operand 149"),
+    which used to be reported as corruption. Such a file is first scanned opcode by opcode
+    (`unsafe_globals`): any import outside torch's allowlist is refused by name, before anything is
+    built. A clean file is then read by Python's unpickler restricted to that same allowlist
+    (`find_class` refuses everything else), the safe-unpickling recipe of the `pickle` documentation.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        try:
+            return torch.load(p, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if refused_global(exc) is not None or pickle_protocol(p) in (None, 0, 1, 2):
+                raise
+        bad = unsafe_globals(p)
+        if bad:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {bad[0]}")
+        return torch.load(p, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle)
+
+
+def _allowed_globals() -> dict[str, Any]:
+    """The globals torch's weights-only unpickler accepts (its own table, plus add_safe_globals)."""
+    from torch import _weights_only_unpickler as wo
+
+    return {**wo._get_allowed_globals(), **wo._get_user_allowed_globals()}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _allowed_globals()
+        key = f"{module}.{name}"
+        if key not in allowed:
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key}")
+        return allowed[key]
+
+
+class _restricted_pickle:  # noqa: N801  (a stand-in for the `pickle` module, as torch.load's pickle_module)
+    Unpickler = _RestrictedUnpickler
+    __name__ = "course_lib.restricted_pickle"
+
+    @staticmethod
+    def load(f, **kwargs):
+        return _RestrictedUnpickler(f, **kwargs).load()
+
+
+def _pickles(p: Path) -> list[bytes]:
+    """The pickle streams inside a checkpoint: data.pkl of a zip archive, or the legacy file's leading pickles."""
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            return [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    return [p.read_bytes()]
+
+
+def pickle_protocol(p: Path) -> int | None:
+    """The protocol of the checkpoint's (first) pickle, from its PROTO opcode; None if unreadable."""
+    try:
+        data = _pickles(p)
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
+    return data[0][1] if data and len(data[0]) > 1 and data[0][0] == PICKLE_PROTO else None
+
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def unsafe_globals(p: str | Path) -> list[str]:
+    """Every "module.name" the checkpoint's pickles import that torch's weights-only allowlist lacks.
+
+    Read with `pickletools.genops`, nothing executed. GLOBAL and INST carry "module name" inline;
+    protocol 4+'s STACK_GLOBAL takes them from the stack, pushed just before as strings (often
+    SHORT_BINUNICODE + MEMOIZE, or BINGET of a string memoized earlier), so the scan keeps the
+    strings it saw pushed and the memo (MEMOIZE stores at the next free index).
+    """
+    allowed = _allowed_globals()
+    found: list[str] = []
+    for data in _pickles(Path(p)):
+        stream = io.BytesIO(data)
+        for _ in range(LEGACY_PICKLES):  # a legacy file holds several pickles back to back, then raw bytes
+            try:
+                names = _imports(stream)
+            except Exception:  # noqa: BLE001  (the raw storage bytes, or damage: the restricted load decides)
+                break
+            found += [n for n in names if n not in allowed and n not in found]
+            if stream.tell() >= len(data):
+                break
+    return found
+
+
+LEGACY_PICKLES = 5  # torch's legacy format: magic number, protocol, sys info, the object, the storage keys
+
+
+def _imports(stream: io.BytesIO) -> list[str]:
+    """The "module.name" of every import opcode of the one pickle starting at stream's position."""
+    pushed: list[object] = []   # what each opcode pushed: a str for strings, None for anything else
+    memo: dict[int, object] = {}
+    names = []
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name in ("GLOBAL", "INST"):
+            names.append(".".join(str(arg).split(" ", 1)))
+            pushed.append(None)
+        elif op.name == "STACK_GLOBAL":
+            module, qual = pushed[-2:] if len(pushed) >= 2 else (None, None)
+            ok = isinstance(module, str) and isinstance(qual, str)
+            names.append(f"{module}.{qual}" if ok else "<an import the scan cannot name>")
+            pushed.append(None)
+        elif op.name in _STRING_OPS:
+            pushed.append(arg.decode("latin-1") if isinstance(arg, bytes) else arg)
+        elif op.name == "MEMOIZE":  # stores the top of the stack at the next free memo index
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif op.name in _PUT_OPS:
+            memo[arg] = pushed[-1] if pushed else None
+        elif op.name in _GET_OPS:
+            pushed.append(memo.get(arg))
+        elif op.name not in ("FRAME", "PROTO", "MARK", "STOP", "POP", "POP_MARK"):
+            pushed.append(None)
+    return names
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
@@ -135,6 +265,28 @@ def get_entry(ckpt: Mapping, key: str, path: str | Path = "checkpoint") -> Any:
     return ckpt[key]
 
 
+def config_from(path: str | Path, cls: Any, config: object, build: bool = True) -> Any:
+    """cls(**config) for a dataclass or a constructor whose arguments are ints, with one-line errors
+    naming the key (a str, a float, a bool or a value < 1 where an int is expected, an unknown key).
+    build=False returns the checked dict instead of the object."""
+    import inspect
+
+    shown = display_path(path)
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{shown}: 'config' must be a dict, got a {type(config).__name__}; re-create the checkpoint")
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(config) - set(params))
+    if unknown:
+        raise CheckpointError(f"{shown}: unknown config key(s) {unknown}; known: {', '.join(params)}")
+    for k, v in config.items():
+        default = params[k].default
+        if isinstance(default, int) and not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise CheckpointError(f"{shown}: config[{k!r}] must be an int >= 1, got {v!r}; re-create the checkpoint")
+        if isinstance(default, float) and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v == v or abs(v) == float("inf")):
+            raise CheckpointError(f"{shown}: config[{k!r}] must be a finite number, got {v!r}; re-create the checkpoint")
+    return cls(**config) if build else dict(config)
+
+
 # ------------------------------------------------------------------------ state dict repairs
 def common_prefix(keys: list[str] | Any) -> str | None:
     """The wrapper prefix every key shares (`module.` from DataParallel/DDP, `_orig_mod.` from torch.compile)."""
@@ -168,9 +320,14 @@ def check_state_dict(state_dict: object, path: str | Path = "state_dict", float_
             raise CheckpointError(f"{shown}: weight {k!r} holds NaN or inf (training diverged?); re-create the checkpoint")
 
 
-def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-    """`model.load_state_dict` with readable errors: the key diff, the prefix fix, the shape mismatch."""
+def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                 path: str | Path | None = None) -> None:
+    """`model.load_state_dict` with readable errors: the key diff, the prefix fix, the shape mismatch.
+
+    Floating-point tensors must be finite: NaN weights give NaN outputs far from the cause (a 0%
+    accuracy, NaN joints) with exit 0. `path` names the checkpoint in that message."""
     check_state_dict(state_dict)
+    check_finite(state_dict, path)
     want = model.state_dict()
     missing = [k for k in want if k not in state_dict]
     unexpected = [k for k in state_dict if k not in want]
@@ -193,6 +350,16 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
             )
     # Tensors saved in 16 bits are cast into the model's fp32 parameters by load_state_dict.
     model.load_state_dict(dict(state_dict), strict=strict)
+
+
+def check_finite(tensors: Mapping[str, object], path: str | Path | None = None) -> None:
+    """CheckpointError naming the checkpoint and the first floating-point tensor that holds NaN or inf."""
+    for k, v in tensors.items():
+        if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            what = "NaN" if bool(torch.isnan(v).any()) else "inf"
+            where = display_path(path) if path is not None else "the state dict"
+            raise CheckpointError(f"{where}: tensor {k!r} holds {what} (training diverged, or the file is damaged); "
+                                  "re-create the checkpoint")
 
 
 def _few(keys: list[str], n: int = 4) -> str:

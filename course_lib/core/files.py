@@ -9,6 +9,7 @@ started at the same moment get different folders.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from course_lib.core.paths import display_path
+from course_lib.core.paths import display_path, link_problem
 
 
 def current_umask() -> int:
@@ -42,10 +43,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], overwrite: 
             write(f)
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, p)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(p)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return p
+
+
+_WHY = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def write_error(exc: OSError, where: str | Path, name_file: bool = True) -> str:
+    """One line for a failed write: what went wrong in words and the path (the file if known and
+    `name_file`, else `where`, e.g. the output folder when the file has a temporary name)."""
+    why = _WHY.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__)
+    return f"cannot write {display_path((exc.filename if name_file else None) or where)}: {why}"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = True) -> Path:
@@ -95,8 +111,9 @@ def check_output_folder(path: str | Path, flag: str = "--out") -> None:
     root = Path(path)
     probe = root
     while not probe.exists():
-        if probe.is_symlink():  # a dangling link
-            raise ValueError(f"{flag} {display_path(root)}: {display_path(probe)} is a broken link; pass another {flag}")
+        if probe.is_symlink():  # a dangling link, or a loop of links
+            problem = link_problem(probe) or "a broken link"
+            raise ValueError(f"{flag} {display_path(root)}: {display_path(probe)} is {problem}; pass another {flag}")
         probe = probe.parent
     if not probe.is_dir():
         raise ValueError(f"{flag} {display_path(root)} cannot be created: {display_path(probe)} is a file, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -24,5 +25,27 @@ def display_path(path: str | Path) -> str:
     p = Path(path).expanduser()
     try:
         return p.resolve().relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return os.path.abspath(p)  # normalised, but symlinks kept as the caller wrote them
+    except (ValueError, RuntimeError, OSError):  # outside the repo, or a symlink loop that cannot be resolved
+        try:
+            return Path(os.path.abspath(p)).relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            return os.path.abspath(p)  # normalised, but symlinks kept as the caller wrote them
+
+
+def link_problem(path: str | Path) -> str | None:
+    """"a symlink loop" or "a broken link" when `path` (or a folder above it) is one, else None.
+
+    Path.exists() answers False for both, so a message would otherwise say "not found" and send the
+    reader looking for a file that is there, behind a link that goes nowhere."""
+    p = Path(path).expanduser()
+    try:
+        p.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return "a symlink loop"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        for q in [p, *p.parents]:
+            if q.is_symlink() and not q.exists():
+                return "a broken link"
+    return None

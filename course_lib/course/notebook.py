@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from course_lib.core.checks import check_float, check_int
 from course_lib.core.paths import REPO_ROOT, display_path
 
 # papermill's --help-notebook parser skips any line of a parameters cell with more than one "=":
@@ -33,13 +34,21 @@ class ParameterError(ValueError):
     """A notebook parameter (papermill -p NAME VALUE) is invalid."""
 
 
+# An int parameter with an open end is bounded by ±INT_PARAM_MAX: a seed or a count beyond it is a
+# typo, and NumPy's seeds stop at 2**32 - 1 (a seed of 10**30 would pass `low=0`, then crash far away).
+INT_PARAM_MAX = 2**32 - 1
+
+
 def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None = None,
                 low: float | None = None, high: float | None = None, choices: Sequence | None = None,
                 nonempty: bool = False, file: bool = False) -> Any:
     """Validate one parameter; raise ParameterError saying what is allowed. Returns the value.
 
-    An int is accepted where a float is meant (`-p threshold 1`). nonempty=True refuses "" and
-    blank strings; file=True requires an existing file (relative paths are from the repo root).
+    An int is accepted where a float is meant (`-p threshold 1`). Floats must be finite (NaN passes
+    every `<`/`>` comparison as False, so a range check alone lets it through). An int-only
+    parameter without `high` (or `low`) is bounded by INT_PARAM_MAX (or -INT_PARAM_MAX).
+    nonempty=True refuses "", blank strings and empty lists; file=True requires an existing file
+    (relative paths are from the repo root).
     """
     kinds = _as_tuple(kind) if kind is not None else ()
     if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
@@ -53,16 +62,36 @@ def check_param(name: str, value: Any, *, kind: type | tuple[type, ...] | None =
                              f"e.g. papermill ... -p {name} <value>")
     if nonempty and isinstance(value, str) and not value.strip():
         raise ParameterError(f"parameter {name!r} is empty; give it a value, e.g. papermill ... -p {name} <text>")
+    if nonempty and isinstance(value, (list, tuple, dict)) and not value:
+        raise ParameterError(f"parameter {name!r} is an empty {type(value).__name__}; give at least one value, "
+                             f"e.g. papermill ... -y '{name}: [<value>]'")
     if file and not resolve_path(value).is_file():
         raise ParameterError(f"parameter {name!r}: file not found: {display_path(resolve_path(value))}; "
                              f"pass an existing file, e.g. papermill ... -p {name} <path>")
     if choices is not None and value not in choices:
         raise ParameterError(f"parameter {name!r} must be one of {list(choices)}, got {value!r}")
+    _check_number(name, value, low, high, int_only=bool(kinds) and float not in kinds)
+    return value
+
+
+def _check_number(name: str, value: Any, low: float | None, high: float | None, int_only: bool) -> None:
+    """Range checks: finite floats (core.checks.check_float), low/high, and INT_PARAM_MAX for int-only parameters."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    try:
+        if isinstance(value, float):
+            check_float(repr(name), value)  # NaN and infinities: every comparison below would let NaN through
+    except ValueError as exc:
+        raise ParameterError(f"parameter {exc}; e.g. papermill ... -p {name} <value>") from None
     if low is not None and value < low:
         raise ParameterError(f"parameter {name!r} must be >= {low}, got {value!r}")
     if high is not None and value > high:
         raise ParameterError(f"parameter {name!r} must be <= {high}, got {value!r}")
-    return value
+    if int_only and isinstance(value, int) and (low is None or high is None):  # an open end: bound it
+        try:
+            check_int(repr(name), value, low=-INT_PARAM_MAX if low is None else low, high=INT_PARAM_MAX if high is None else high)
+        except ValueError as exc:
+            raise ParameterError(f"parameter {exc}; e.g. papermill ... -p {name} <value>") from None
 
 
 def _as_tuple(kind):

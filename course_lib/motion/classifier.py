@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights
+from course_lib.core.checkpoints import config_from, get_entry, load_checkpoint, load_weights
+from course_lib.core.sizes import check_build_size
 from course_lib.motion.synth import ACTIONS
 
 
@@ -39,6 +40,8 @@ class ActionClassifier(nn.Module):
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> ActionClassifier:
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = ActionClassifier(**get_entry(ckpt, "config", path))
-    load_weights(model, get_entry(ckpt, "state_dict", path), strict=True)
+    config = config_from(path, ActionClassifier, get_entry(ckpt, "config", path), build=False)
+    check_build_size(path, lambda: ActionClassifier(**config), what="action classifier", config=config)
+    model = ActionClassifier(**config)
+    load_weights(model, get_entry(ckpt, "state_dict", path), strict=True, path=path)
     return model.eval().to(device)

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.caches.kv_cache import KVCache
-from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.checkpoints import config_from, get_entry, load_checkpoint, load_weights, strip_prefix
 from course_lib.core.layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
+from course_lib.core.sizes import check_build_size, check_counts, decoder_runtime_bytes
 from course_lib.decoding.decode import stop_check_interval
 from course_lib.decoding.sampling import SamplingSettings
 
@@ -168,6 +169,11 @@ def save_trans(model: MotionGPT, extra: dict) -> dict:
 def load_trans(path: str | Path, device: str | torch.device = "cpu") -> MotionGPT:
     """ckpt['trans'] → strip 'module.' → strict load → eval → to(device)."""
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = MotionGPT(Config(**get_entry(ckpt, "config", path)))
-    load_weights(model, strip_prefix(get_entry(ckpt, "trans", path), "module."), strict=True)
+    config = config_from(path, Config, get_entry(ckpt, "config", path))
+    check_counts(path, {"n_layer": config.n_layer})
+    runtime = decoder_runtime_bytes(config.n_layer, config.block_size, config.n_embd, config.n_head, config.vocab_size)
+    check_build_size(path, lambda: MotionGPT(config), runtime_bytes=runtime, what="motion transformer",
+                     config={k: getattr(config, k) for k in ("vocab_size", "n_embd", "n_layer", "block_size")})
+    model = MotionGPT(config)
+    load_weights(model, strip_prefix(get_entry(ckpt, "trans", path), "module."), strict=True, path=path)
     return model.eval().to(device)

@@ -37,8 +37,8 @@ from tqdm import tqdm
 from course_lib.core.checkpoints import CheckpointError
 from course_lib.core.checks import check_float, is_valid
 from course_lib.core.device import pick_device
-from course_lib.core.files import atomic_write, check_output_folder, claim_numbered_folder
-from course_lib.core.paths import RUNS, display_path
+from course_lib.core.files import atomic_write, check_output_folder, claim_numbered_folder, write_error
+from course_lib.core.paths import RUNS, display_path, link_problem
 from course_lib.motion.pipeline import DEFAULT_TEMPERATURE, TEXT_PATH, TRANS_PATH, VQ_PATH, load_pipeline
 from course_lib.motion.render import save_gif
 
@@ -70,6 +70,23 @@ def publish_folder(tmp: Path, root: Path) -> Path:
             if not candidate.exists():
                 raise
             continue
+
+
+def write_motion(motion, prompt: str, root: Path, gif: bool = True) -> Path:
+    """Write one motion's files into a hidden temporary folder, then publish it under the next number."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # hidden until complete
+    os.mkdir(tmp)
+    try:
+        atomic_write(tmp / "features.npy", lambda f: np.save(f, motion.features))
+        atomic_write(tmp / "joints.npy", lambda f: np.save(f, motion.joints))
+        atomic_write(tmp / "prompt.txt", lambda f: f.write((prompt + "\n").encode("utf-8")))
+        if gif:
+            save_gif(motion.joints, tmp / "motion.gif", title=prompt[:40])
+        return publish_folder(tmp, root)
+    except BaseException:  # Ctrl-C or a full disk: no half-written folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -128,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    for flag, p in (("--infer_batch_prompt", args.infer_batch_prompt), ("--out_dir", args.out_dir), ("--resume_pth", args.resume_pth),
+                    ("--resume_trans", args.resume_trans), ("--text_encoder", args.text_encoder)):
+        problem = link_problem(p) if p.is_symlink() or not p.exists() else None
+        if problem == "a symlink loop" or (problem and flag != "--out_dir"):
+            ap.error(f"{flag} {display_path(p)}: the path goes through {problem}; fix the link or pass another path")
     if not args.infer_batch_prompt.is_file():
         ap.error(f"prompt file not found: {display_path(args.infer_batch_prompt)} "
                  "(pass --infer_batch_prompt with a text file holding one prompt per line)")
@@ -140,6 +162,8 @@ def _main(argv: list[str] | None) -> int:
     if (args.top_k is not None and args.top_k < 1) or args.max_chars < 1:
         ap.error("--top_k must be >= 1 and --max_chars >= 1")
     root = args.out_dir / args.exp_name
+    if (problem := link_problem(root)) == "a symlink loop":
+        ap.error(f"--exp_name {display_path(root)}: the path goes through {problem}; pick another --exp_name")
     if (args.exp_name in ("", ".", "..") or Path(args.exp_name).name != args.exp_name
             or not root.resolve().is_relative_to(args.out_dir.resolve()) or root.resolve() == args.out_dir.resolve()):
         ap.error(f"--exp_name must be a plain folder name inside --out_dir (like 'demo'), got {args.exp_name!r}")
@@ -173,19 +197,12 @@ def _main(argv: list[str] | None) -> int:
         if unknown:
             tqdm.write(f"line {n}: words the text encoder cannot read (treated as <unk>): {', '.join(unknown[:8])}")
         motion = pipe.generate([prompt], temperature=args.temperature, top_k=args.top_k, generator=gen)[0]
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # hidden until complete
-        os.mkdir(tmp)
         try:
-            atomic_write(tmp / "features.npy", lambda f, m=motion: np.save(f, m.features))
-            atomic_write(tmp / "joints.npy", lambda f, m=motion: np.save(f, m.joints))
-            atomic_write(tmp / "prompt.txt", lambda f, p=prompt: f.write((p + "\n").encode("utf-8")))
-            if not args.no_gif:
-                save_gif(motion.joints, tmp / "motion.gif", title=prompt[:40])
-            folder = publish_folder(tmp, root)
-        except BaseException:  # Ctrl-C or a full disk: no half-written folder stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            folder = write_motion(motion, prompt, root, gif=not args.no_gif)
+        except OSError as exc:  # a full disk, a read-only folder: one line; the folders finished before stay complete
+            print(f"error: {write_error(exc, root, name_file=False)}; line {n} was not saved, {len(written)} motion(s) written before it "
+                  "are complete. Free some space or pick another --out_dir.", file=sys.stderr)
+            return 1
         written.append((n, folder, len(motion.codes), unknown))
     print(f"Summary: {len(written)} motion(s) written under {display_path(root)}, {len(skipped)} line(s) skipped.")
     for n, folder, n_codes, unknown in written:

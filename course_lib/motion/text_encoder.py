@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights
+from course_lib.core.checkpoints import CheckpointError, get_entry, load_checkpoint, load_weights
 from course_lib.core.layers import Block, RMSNorm, padding_mask, rope_angles
+from course_lib.core.paths import display_path
+from course_lib.core.sizes import check_build_size, check_counts
 
 PAD_ID, UNK_ID = 0, 1
 MAX_WORDS = 16
@@ -123,6 +125,13 @@ class FrozenTextEncoder:
 def load_text_encoder(path: str | Path, device: str | torch.device = "cpu") -> FrozenTextEncoder:
     """From local files only: {'vocab', 'config', 'state_dict'} → frozen encoder on device."""
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = TextEncoder(get_entry(ckpt, "config", path))
-    load_weights(model, get_entry(ckpt, "state_dict", path), strict=True)
+    config = get_entry(ckpt, "config", path)
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("vocab_size", "clip_dim", "n_head", "n_layer")):
+        raise CheckpointError(f"{display_path(path)}: 'config' must be a dict with int vocab_size, clip_dim, n_head, n_layer; "
+                              "re-create the checkpoint")
+    check_counts(path, {"n_layer": config["n_layer"]})
+    check_build_size(path, lambda: TextEncoder(config), what="text encoder",
+                     config={k: config[k] for k in ("vocab_size", "clip_dim", "n_layer")})
+    model = TextEncoder(config)
+    load_weights(model, get_entry(ckpt, "state_dict", path), strict=True, path=path)
     return FrozenTextEncoder(WordTokenizer(get_entry(ckpt, "vocab", path)), model.to(device))

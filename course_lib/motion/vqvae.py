@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core.checkpoints import get_entry, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.checkpoints import CheckpointError, check_finite, get_entry, load_checkpoint, load_weights, strip_prefix
+from course_lib.core.paths import display_path
+from course_lib.core.sizes import check_build_size, check_counts
 from course_lib.motion.features import N_FEATS, Normalizer
 from course_lib.motion.quantizers import FSQ, QuantizeEMAReset
 
@@ -148,7 +150,19 @@ def recon_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, Normalizer]:
     """Seed 004's recipe: ckpt['net'] → strip 'module.' → strict load → eval → to(device); plus the normaliser."""
     ckpt = load_checkpoint(path, map_location="cpu")
-    net = VQVAE(get_entry(ckpt, "config", path))
-    load_weights(net, strip_prefix(get_entry(ckpt, "net", path), "module."), strict=True)
-    norm = Normalizer(get_entry(ckpt, "mean", path), get_entry(ckpt, "std", path))
+    config = get_entry(ckpt, "config", path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{display_path(path)}: 'config' must be a dict, got a {type(config).__name__}; re-create the checkpoint")
+    full = {**COURSE_VQ_CONFIG, **config}
+    for k in ("nb_code", "code_dim", "output_emb_width", "down_t", "stride_t", "width", "depth", "dilation_growth_rate", "input_dim"):
+        if isinstance(full[k], bool) or not isinstance(full[k], int) or full[k] < 1:
+            raise CheckpointError(f"{display_path(path)}: config[{k!r}] must be an int >= 1, got {full[k]!r}; re-create the checkpoint")
+    check_counts(path, {k: full[k] for k in ("depth", "down_t")}, 64)
+    check_build_size(path, lambda: VQVAE(config), what="VQ-VAE",
+                     config={k: full[k] for k in ("nb_code", "code_dim", "width", "depth", "down_t")})
+    net = VQVAE(config)
+    load_weights(net, strip_prefix(get_entry(ckpt, "net", path), "module."), strict=True, path=path)
+    stats = {"mean": get_entry(ckpt, "mean", path), "std": get_entry(ckpt, "std", path)}
+    check_finite(stats, path)  # NaN statistics would turn every decoded joint into NaN
+    norm = Normalizer(stats["mean"], stats["std"])
     return net.eval().to(device), norm

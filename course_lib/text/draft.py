@@ -20,7 +20,7 @@ import torch
 from course_lib.core.checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
 from course_lib.core.device import pick_device
 from course_lib.core.paths import DRAFT_MODEL, display_path
-from course_lib.text.gpt import GPT
+from course_lib.text.gpt import GPT, check_gpt_size, check_h_params
 
 
 class DraftGPT(GPT):
@@ -72,11 +72,18 @@ def load_draft(path: str | Path | None = None, device: str | torch.device = "cpu
     vocab_ids = get_entry(ckpt, "vocab_ids", path)
     if not isinstance(vocab_ids, torch.Tensor) or vocab_ids.dtype != torch.long:
         raise CheckpointError(f"{display_path(path)}: 'vocab_ids' must be a long tensor (draft index → target id); re-create it")
+    hp = get_entry(ckpt, "h_params", path)
     try:
-        model = DraftGPT(get_entry(ckpt, "h_params", path), vocab_ids)
+        check_h_params(hp)
+        tv = hp.get("target_vocab_size")
+        if isinstance(tv, bool) or not isinstance(tv, int) or tv < 1:
+            raise ValueError(f"h_params['target_vocab_size'] must be an int >= 1, got {tv!r}")
+        # the draft's table target id -> draft index holds target_vocab_size longs (8 bytes each)
+        check_gpt_size(path, hp, extra_bytes=8 * tv, what="draft GPT")
+        model = DraftGPT(hp, vocab_ids)
     except ValueError as exc:
         raise CheckpointError(f"{display_path(path)}: {exc}; re-create the draft checkpoint") from None
     sd = get_entry(ckpt, "model_state_dict", path)
     check_state_dict(sd, path, float_weights=True)
-    load_weights(model, sd, strict=True)
+    load_weights(model, sd, strict=True, path=path)
     return model.eval().to(device)

@@ -33,6 +33,7 @@ from course_lib.core.layers import (
     run_blocks,
 )
 from course_lib.core.paths import TEXT_MODEL, display_path
+from course_lib.core.sizes import check_build_size, check_counts, decoder_runtime_bytes
 from course_lib.decoding.beam import beam_search, check_beam_args
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.scoring import sequence_logprob, sequence_logprobs
@@ -242,14 +243,27 @@ def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu")
     device = pick_device(device if isinstance(device, str) else str(device), verbose=False)  # "cuda" without CUDA: say so
     path = TEXT_MODEL if path is None else Path(path)
     ckpt = load_checkpoint(path, map_location="cpu")
+    hp = get_entry(ckpt, "h_params", path)
     try:
-        model = GPT(get_entry(ckpt, "h_params", path))
+        check_h_params(hp)
+        check_gpt_size(path, hp)  # before anything is allocated: refuse absurd sizes with the estimate and the limit
+        model = GPT(hp)
     except ValueError as exc:
         raise CheckpointError(f"{display_path(path)}: {exc}; the checkpoint's h_params are damaged, re-create it") from None
     sd = get_entry(ckpt, "model_state_dict", path)
     check_state_dict(sd, path, float_weights=True)
     load_weights(model, sd, strict=True)
     return model.eval().to(device)
+
+
+def check_gpt_size(path: str | Path, hp: Mapping, extra_bytes: int = 0, what: str = "text GPT") -> int:
+    """CheckpointError unless the GPT these (already type-checked) h_params describe fits in MAX_MODEL_BYTES."""
+    full = {**DEFAULT_H_PARAMS, **hp}
+    check_counts(path, {"n_layer": full["n_layer"]})
+    width = full.get("n_kv_head", full["n_head"]) * (full["n_embd"] // full["n_head"])
+    runtime = decoder_runtime_bytes(full["n_layer"], full["block_size"], width, full["n_head"], full["vocab_size"])
+    shown = {k: full[k] for k in ("vocab_size", "n_embd", "n_layer", "block_size", "target_vocab_size") if k in full}
+    return check_build_size(path, lambda: GPT(hp), runtime_bytes=runtime + extra_bytes, what=what, config=shown)
 
 
 def __getattr__(name: str):

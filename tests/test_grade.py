@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -224,3 +225,118 @@ def test_cli_bad_input(tmp_path, capsys):
         with pytest.raises(SystemExit) as err:
             main(args)
         assert err.value.code == 2 and msg in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ answers as plain data (no kernel)
+def test_answers_round_trip_plain_data_and_refuse_everything_else():
+    import numpy as np
+    import torch
+
+    from course_lib.course.answers import NotPlain, Opaque, decode, encode
+
+    plain = [None, True, 3, -2.5, float("inf"), "三只松鼠", [1, (2, "x")], {"k": [1.0], 3: None},
+             torch.tensor([[1.5, -2.0]]), torch.arange(4, dtype=torch.int32), np.array([1, 2], dtype=np.int64), np.float32(0.5)]
+    for value in plain:
+        back = decode(json.loads(json.dumps(encode(value))))
+        assert type(back) is type(value)
+        if isinstance(value, torch.Tensor):
+            assert back.dtype == value.dtype and torch.equal(back, value)
+        elif isinstance(value, np.ndarray):
+            assert back.dtype == value.dtype and (back == value).all()
+        else:
+            assert back == value
+
+    class AlwaysEqual:
+        def __eq__(self, other):
+            return True
+
+    class SneakyInt(int):
+        def __eq__(self, other):
+            return True
+
+    class SneakyTensor(torch.Tensor):
+        pass
+
+    for value in (AlwaysEqual(), SneakyInt(3), torch.tensor([1.0]).as_subclass(SneakyTensor), [1, AlwaysEqual()], print):
+        data = json.loads(json.dumps(encode(value)))
+        back = decode(data)
+        opaque = back if isinstance(back, Opaque) else back[1]
+        with pytest.raises(NotPlain):
+            _ = opaque == 42
+        with pytest.raises(NotPlain):
+            _ = 42 == opaque
+
+
+@pytest.mark.parametrize("data", [
+    {"tensor": {"dtype": "float32", "shape": [3], "data": [1.0]}},                 # shape and data disagree
+    {"tensor": {"dtype": "complex64", "shape": [1], "data": [1.0]}},               # dtype not allowed
+    {"tensor": {"dtype": "int64", "shape": [1], "data": [1.5]}},                   # value of the wrong type
+    {"tensor": {"dtype": "float32", "shape": [-1], "data": []}},
+    {"list": [1], "tuple": [2]}, {"eval": "__import__('os')"}, {"dict": [[[1], 2]]}, {"dict": [[{"list": [1]}, 2]]},
+])
+def test_malformed_answer_data_is_refused(data):
+    from course_lib.course.answers import decode
+
+    with pytest.raises(ValueError):
+        decode(data)
+
+
+def test_recorded_calls_replay_in_order_and_mismatches_are_named(tmp_path):
+    import torch
+
+    from course_lib.course.answers import (
+        AnswerNotImplemented,
+        AnswerRaised,
+        Replayer,
+        ReplayMismatch,
+        dump_answers,
+        load_answers,
+        record_answers,
+    )
+
+    def double(x):
+        if x == 0:
+            raise ValueError("zero")
+        return double(x - 1) + 2 if x > 1 else 2  # recursion through the global name is not recorded
+
+    def stub(x):
+        raise NotImplementedError
+
+    ns = {"double": double, "stub": stub, "answer": torch.tensor([42])}
+    globals()["double"] = None
+    record_answers(ns, ["double", "stub", "answer"])
+    globals()["double"] = ns["double"]
+    try:
+        assert ns["double"](3) == 6 and ns["double"](torch.tensor(1.0)) == 2
+        with pytest.raises(ValueError):
+            ns["double"](0)
+        with pytest.raises(NotImplementedError):
+            ns["stub"](1)
+        dump_answers(ns, ["double", "stub", "answer", "missing"], str(tmp_path / "a.json"))
+    finally:
+        globals().pop("double")
+    back: dict = {}
+    load_answers(back, str(tmp_path / "a.json"), ["double", "stub", "answer", "missing"])
+    assert isinstance(back["double"], Replayer) and back["missing"] is None and torch.equal(back["answer"], torch.tensor([42]))
+    assert back["double"](3) == 6 and back["double"](torch.tensor(1.0)) == 2
+    with pytest.raises(AnswerRaised, match="ValueError: zero"):
+        back["double"](0)
+    with pytest.raises(ReplayMismatch, match="more often"):
+        back["double"](0)
+    with pytest.raises(AnswerNotImplemented):
+        back["stub"](1)
+    load_answers(back, str(tmp_path / "a.json"), ["double"])
+    with pytest.raises(ReplayMismatch, match="other inputs"):
+        back["double"](4)
+
+
+@pytest.mark.parametrize("nb", course_notebooks(), ids=lambda p: p.stem)
+def test_every_exercise_reads_an_answer_the_grader_saves(nb):
+    from course_lib.course.exercises import check_plan, detect
+
+    cells = read_nb(nb)["cells"]
+    plan = check_plan(cells, nb.name)
+    names = [n for ex in detect(cells, nb.name)[1] for n in ex.names]
+    assert sorted(plan.per_exercise) == sorted(names)
+    assert all(plan.per_exercise[n] for n in names), plan.per_exercise  # blank needs to know what each reads
+    assert [n for _, ns in plan.steps if ns for n in ns] and set(plan.answers) >= set(plan.stubs)

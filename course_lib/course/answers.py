@@ -241,6 +241,8 @@ class Opaque:
     __hash__ = None  # type: ignore[assignment]
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # protocol probes (copy, numpy, IPython's display) see a plain object
+            raise AttributeError(name)
         return self._refuse()
 
     def __repr__(self) -> str:
@@ -265,6 +267,9 @@ class Replayer(Opaque):
         if type(event) is not dict or event.get("kind") != kind or event.get("path") != self._path:
             raise ReplayMismatch(f"{self._name}{self._path}: the check {what} here, something else in your run")
         return event
+
+    def __bool__(self) -> bool:  # `fn = fn or my_answer` works as with the function itself
+        return True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         event = self._next("call", "called it")

@@ -768,11 +768,12 @@ def _grade_all(handins: list[Handin], course: Course, args: argparse.Namespace, 
         sheet.write()  # an unwritable --out stops here, before anything runs
         bar = tqdm(queue, desc="grading", unit="notebook", disable=args.no_progress, file=sys.stderr)
         for h in bar:
-            if judge is not None and judge.stem != h.stem:
-                judge.close()
+            if judge is not None and (judge.stem != h.stem or (judge.broken and judge.count)):
+                judge.close()  # next chapter, or the checking kernel died on the last hand-in: a fresh one
                 judge = None
             if judge is None and h.stem is not None and h.error is None:
-                judge = Judge(course, h.stem, timeout).start()
+                judge = Judge(course, h.stem, timeout)
+                judge.start()
             sheet.add(grade_one(h, course, judge, timeout))
     except KeyboardInterrupt:
         print(f"grading interrupted: {len(sheet.rows)} of {len(handins)} hand-ins graded, their rows are in "

@@ -730,3 +730,15 @@ def test_release_cli_refuses_with_one_line(out, needle):
     r = run_module("course_lib.course.release", "--out", out, "notebooks/00_setup_and_tour.ipynb", timeout=120)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and needle in err[0] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("target", ["REPO/notebooks/00_setup_and_tour.ipynb", "loop"])
+def test_grade_out_through_a_symlink_is_judged_by_its_target(tmp_path, capsys, tiny_course_dir, target):
+    (tmp_path / "h" / "s").mkdir(parents=True)
+    (tmp_path / "h" / "s" / "90_tiny.ipynb").write_text("{}")
+    link = tmp_path / "grades.csv"
+    link.symlink_to(REPO_ROOT / target[5:] if target.startswith("REPO/") else link)  # into the course, or a loop
+    with pytest.raises(SystemExit) as exc:
+        _grade(tmp_path, tiny_course_dir, str(tmp_path / "h"), "--out", str(link))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and ("inside the course" in err[-1] or "cannot resolve" in err[-1]), err

@@ -652,7 +652,7 @@ def _fake_grading(monkeypatch, fail_on: int, exc: BaseException):
 
     class NoJudge:
         def __init__(self, course, stem, timeout):
-            self.stem = stem
+            self.stem, self.broken, self.count = stem, None, 0
 
         def start(self):
             return self

@@ -281,6 +281,24 @@ def test_malformed_answer_data_is_refused(data):
         decode(data)
 
 
+def test_the_course_own_function_is_not_an_answer(tmp_path):
+    """A check may switch the library off while it calls the answer, or ask `fn is library_fn`: no Recorder around it."""
+    import functools
+
+    from course_lib.core.layers import position_ids_from_mask
+    from course_lib.course.answers import NotPlain, dump_answers, load_answers, record_answers
+
+    ns = {"a": position_ids_from_mask, "b": functools.partial(position_ids_from_mask), "c": lambda m: m}
+    record_answers(ns, ["a", "b", "c"])
+    assert ns["a"] is position_ids_from_mask and type(ns["c"]).__name__ == "Recorder"
+    dump_answers(ns, ["a", "b"], str(tmp_path / "a.json"))
+    back: dict = {}
+    load_answers(back, str(tmp_path / "a.json"), ["a", "b"])
+    for name in ("a", "b"):
+        with pytest.raises(NotPlain, match="the course's own position_ids_from_mask"):
+            back[name](1)
+
+
 def test_recorded_calls_replay_in_order_and_mismatches_are_named(tmp_path):
     import torch
 

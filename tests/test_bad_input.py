@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
 import subprocess
 import sys
@@ -878,3 +879,224 @@ def test_act_threshold_nan_exits_2(act_setup, capsys):
         act_main("--checkpoint", str(ckpt), "--data_paths", str(a), "--halting", "dynamic", "--threshold", "nan",
                  "--output_dir", str(root / "nan"))
     assert exc.value.code == 2 and "--threshold is a probability" in capsys.readouterr().err and not (root / "nan").exists()
+# ============================================================================================
+# Instructor tools (issue 20): the release and the grader. Each case here runs no notebook;
+# grading runs (isolation, cheats, detached children) are in tests/test_grade.py.
+# ============================================================================================
+@pytest.fixture
+def tiny_course_dir(tmp_path):
+    import sys as _sys
+
+    _sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from instructor_fixtures import STEM, tiny_notebook
+
+    from course_lib.course.exercises import apply_tags
+    from course_lib.course.release import write_nb
+
+    nb = tiny_notebook()
+    apply_tags(nb, STEM)
+    write_nb(tmp_path / "course" / f"{STEM}.ipynb", nb)
+    return tmp_path / "course"
+
+
+def _grade(tmp_path, course, *args):
+    from course_lib.course.grade import main
+
+    return main([*args, "--notebooks", str(course), "--no-progress"])
+
+
+@pytest.mark.parametrize("value, needle", [("nan", "finite"), ("inf", "finite"), ("-1", "> 0"), ("0", "> 0"),
+                                           ("soon", "must be a number")])
+def test_grade_timeout_is_validated(tmp_path, capsys, tiny_course_dir, value, needle):
+    (tmp_path / "h" / "s").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exc:
+        _grade(tmp_path, tiny_course_dir, str(tmp_path / "h"), "--timeout", value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--timeout" in err[-1] and needle in err[-1], err
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("handins/grades.csv", "inside the hand-ins"),
+    ("handins/s1/90_tiny.ipynb", "inside the hand-ins"),
+    ("REPO/notebooks/grades.csv", "inside the course"),
+    ("REPO/notebooks/00_setup_and_tour.ipynb", "inside the course"),
+    ("REPO/course_lib/grades.csv", "inside the course"),
+    ("notes.txt", "not a grades CSV"),
+    ("roster.csv", "not a grades CSV"),
+    ("afolder", "is a folder"),
+    ("notes.txt/grades.csv", "is a file"),
+])
+def test_grade_out_where_it_must_not_write_exits_2(tmp_path, capsys, tiny_course_dir, where, needle):
+    handin = tmp_path / "handins" / "s1" / "90_tiny.ipynb"
+    handin.parent.mkdir(parents=True)
+    handin.write_text("{}")
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "roster.csv").write_text("name,email\n")
+    (tmp_path / "afolder").mkdir()
+    out = REPO_ROOT / where[5:] if where.startswith("REPO/") else tmp_path / where
+    before = {p: p.read_bytes() for p in (handin, tmp_path / "notes.txt", tmp_path / "roster.csv", out) if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        _grade(tmp_path, tiny_course_dir, str(tmp_path / "handins"), "--out", str(out))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and needle in err[-1], err
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "handins" / "grades.csv").exists()
+
+
+def test_grade_unreadable_handins_are_one_failed_row_each(tmp_path, capsys, tiny_course_dir, monkeypatch):
+    import csv
+
+    import course_lib.course.grade as grade
+
+    h = tmp_path / "handins"
+    for student in ("loop", "text", "latin1", "cells", "deep", "fifo", "folder", "big", "other"):
+        (h / student).mkdir(parents=True)
+    (h / "loop" / "90_tiny.ipynb").symlink_to("90_tiny.ipynb")  # a symlink loop
+    (h / "text" / "90_tiny.ipynb").write_text("{not json")
+    (h / "latin1" / "90_tiny.ipynb").write_bytes(b'{"cells": "\xe9"}')
+    (h / "cells" / "90_tiny.ipynb").write_text('{"cells": [1, 2], "metadata": {}}')
+    (h / "deep" / "90_tiny.ipynb").write_text("[" * 2000 + "]" * 2000)
+    os.mkfifo(h / "fifo" / "90_tiny.ipynb")  # reading it would block forever
+    (h / "folder" / "90_tiny.ipynb").mkdir()
+    (h / "big" / "90_tiny.ipynb").write_text(json.dumps({"cells": [], "metadata": {}, "pad": "x" * 6000}))
+    (h / "other" / "notes.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    monkeypatch.setattr(grade, "MAX_HANDIN_BYTES", 5000)
+    out = tmp_path / "grades.csv"
+    assert _grade(tmp_path, tiny_course_dir, str(h), "--out", str(out)) == 0
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    want = {"loop": "cannot read it (Too many levels of symbolic links)", "text": "not a readable notebook (not JSON",
+            "latin1": "not a readable notebook (not UTF-8 text)", "cells": "not a readable notebook (cell 0 is not",
+            "deep": "not a readable notebook (not JSON", "fifo": "not a regular file", "folder": "not a regular file",
+            "big": "too large"}
+    for student, needle in want.items():
+        row = rows[student]
+        assert (row["status"], row["notebook"], row["out_of"]) == ("failed", "90_tiny", "3"), row
+        assert row["error"].startswith(needle) and row["90: Exercise 1"] == "error", row
+    assert (rows["other"]["status"], rows["other"]["out_of"]) == ("unknown notebook", "0")
+    assert "graded 9 notebooks" in capsys.readouterr().out
+
+
+def test_grade_duplicates_are_flagged(tmp_path, capsys, tiny_course_dir):
+    import csv
+
+    s = tmp_path / "handins" / "s1"
+    s.mkdir(parents=True)
+    for name in ("90_tiny.ipynb", "90_tiny_final.ipynb"):
+        (s / name).write_text("{not json")  # identified by its name; nothing runs
+    out = tmp_path / "grades.csv"
+    assert _grade(tmp_path, tiny_course_dir, str(tmp_path / "handins"), "--out", str(out)) == 0
+    warn = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warn) == 1 and "s1 handed in 90_tiny 2 times" in warn[0]
+    with out.open(newline="", encoding="utf-8") as f:
+        notes = [r["note"] for r in csv.DictReader(f)]
+    assert notes == ["duplicate: s1/90_tiny_final.ipynb", "duplicate: s1/90_tiny.ipynb"]
+    with (tmp_path / "grades_totals.csv").open(newline="", encoding="utf-8") as f:
+        assert "handed in 2 times" in next(csv.DictReader(f))["note"]
+
+
+def test_grade_a_handin_changed_before_its_turn_is_a_failed_row(tmp_path, tiny_course_dir):
+    from course_lib.course.grade import Course, Handin, grade_one, read_handin
+
+    path = tmp_path / "90_tiny.ipynb"
+    path.write_text(json.dumps({"cells": [], "metadata": {}}))
+    _, _, digest = read_handin(path)
+    path.write_text(json.dumps({"cells": [], "metadata": {}, "x": 1}))  # e.g. rewritten by an earlier hand-in
+    row = grade_one(Handin(path, "s", path.name, "90_tiny", digest), Course.load(tiny_course_dir), None, 30)
+    assert row["status"] == "failed" and "changed on disk" in row["error"]
+
+
+def _fake_grading(monkeypatch, fail_on: int, exc: BaseException):
+    import course_lib.course.grade as grade
+
+    class NoJudge:
+        def __init__(self, course, stem, timeout):
+            self.stem, self.broken, self.count = stem, None, 0
+
+        def start(self):
+            return self
+
+        def close(self):
+            pass
+
+    calls = []
+
+    def fake_grade_one(h, course, judge, timeout):
+        calls.append(h)
+        if len(calls) == fail_on:
+            raise exc
+        return {"student": h.student, "notebook": h.stem, "file": h.label, "status": "ok", "score": 1, "out_of": 3}
+
+    monkeypatch.setattr(grade, "Judge", NoJudge)
+    monkeypatch.setattr(grade, "grade_one", fake_grade_one)
+
+
+def _three_handins(tmp_path):
+    for s in ("a", "b", "c"):
+        (tmp_path / "handins" / s).mkdir(parents=True)
+        (tmp_path / "handins" / s / "90_tiny.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    return tmp_path / "handins"
+
+
+def _csv_rows(path):
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grade_ctrl_c_keeps_every_finished_row_and_exits_130(tmp_path, capsys, tiny_course_dir, monkeypatch):
+    _fake_grading(monkeypatch, 3, KeyboardInterrupt())
+    out = tmp_path / "grades.csv"
+    assert _grade(tmp_path, tiny_course_dir, str(_three_handins(tmp_path)), "--out", str(out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grading interrupted: 2 of 3" in err[0]
+    assert [r["student"] for r in _csv_rows(out)] == ["a", "b"]
+    assert [r["score"] for r in _csv_rows(tmp_path / "grades_totals.csv")] == ["1", "1", "0"]
+
+
+def test_grade_a_crash_keeps_the_rows_written_so_far(tmp_path, tiny_course_dir, monkeypatch):
+    _fake_grading(monkeypatch, 2, RuntimeError("the grader itself crashed"))
+    out = tmp_path / "grades.csv"
+    with pytest.raises(RuntimeError):
+        _grade(tmp_path, tiny_course_dir, str(_three_handins(tmp_path)), "--out", str(out))
+    assert [r["student"] for r in _csv_rows(out)] == ["a"]
+
+
+def test_grade_disk_full_is_one_line_exit_2(tmp_path, capsys, tiny_course_dir, monkeypatch):
+    import course_lib.course.grade as grade
+
+    _fake_grading(monkeypatch, 99, RuntimeError())
+    real, calls = grade._write_durably, []
+
+    def write(path, text):
+        calls.append(path)
+        if len(calls) == 5:  # header (2 files), first hand-in (2 files), then the disk is full
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(grade, "_write_durably", write)
+    out = tmp_path / "grades.csv"
+    assert _grade(tmp_path, tiny_course_dir, str(_three_handins(tmp_path)), "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0] and "grades.csv" in err[0] and "No space left" in err[0]
+    assert [r["student"] for r in _csv_rows(out)] == ["a"]  # the last complete file stays
+
+
+@pytest.mark.parametrize("out, needle", [("notebooks", "inside the course's source tree"),
+                                         ("/proc/course_release_probe", "nothing written")])
+def test_release_cli_refuses_with_one_line(out, needle):
+    r = run_module("course_lib.course.release", "--out", out, "notebooks/00_setup_and_tour.ipynb", timeout=120)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and needle in err[0] and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("target", ["REPO/notebooks/00_setup_and_tour.ipynb", "loop"])
+def test_grade_out_through_a_symlink_is_judged_by_its_target(tmp_path, capsys, tiny_course_dir, target):
+    (tmp_path / "h" / "s").mkdir(parents=True)
+    (tmp_path / "h" / "s" / "90_tiny.ipynb").write_text("{}")
+    link = tmp_path / "grades.csv"
+    link.symlink_to(REPO_ROOT / target[5:] if target.startswith("REPO/") else link)  # into the course, or a loop
+    with pytest.raises(SystemExit) as exc:
+        _grade(tmp_path, tiny_course_dir, str(tmp_path / "h"), "--out", str(link))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and ("inside the course" in err[-1] or "cannot resolve" in err[-1]), err

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
 from instructor_fixtures import EXERCISES, EXPECTED_TAGS, SECRET, STEM, tiny_notebook
 
+from course_lib.core.paths import display_path
 from course_lib.course.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, check_code, detect, source, tagged
 from course_lib.course.release import course_notebooks, main, read_nb, stale_tags, student_copy, tag_notebooks
 
@@ -141,3 +145,108 @@ def test_cli(tmp_path):
                       (["nope.ipynb", "--out", "x"], "notebook not found: nope.ipynb")]:
         r = subprocess.run([sys.executable, "-m", "course_lib.course.release", *args], capture_output=True, text=True, cwd=tmp_path)
         assert r.returncode == 2 and msg in r.stderr
+
+
+# ------------------------------------------------------------- where the release may write (issue 20)
+def _tiny_source(tmp_path):
+    src = tmp_path / "course" / f"{STEM}.ipynb"
+    src.parent.mkdir(parents=True)
+    nb = tiny_notebook()
+    apply_tags(nb, STEM)
+    nbformat.write(nb, src)
+    return src
+
+
+def _release(src, out, capsys, *extra):
+    code = main([str(src), "--out", str(out), "--name", "r", *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("where", ["notebooks", "notebooks/sub", "course_lib", ".", "tests/out"])
+def test_release_refuses_the_source_tree(tmp_path, capsys, where):
+    from course_lib.core.paths import REPO_ROOT
+
+    out = REPO_ROOT / where
+    before = {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "notebooks").glob("*.ipynb")}
+    created = not out.exists()
+    try:
+        code, err = _release(_tiny_source(tmp_path), out, capsys)
+        assert code == 2 and len(err) == 1 and "inside the course's source tree" in err[0], err
+        assert not (out / f"{STEM}.ipynb").exists()
+        assert {p: p.stat().st_mtime_ns for p in (REPO_ROOT / "notebooks").glob("*.ipynb")} == before
+    finally:
+        (out / f"{STEM}.ipynb").unlink(missing_ok=True)  # only if the refusal regressed
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def test_release_under_build_is_allowed(tmp_path, capsys):
+    from course_lib.core.paths import REPO_ROOT
+
+    out = REPO_ROOT / "build" / f"test-release-{os.getpid()}"
+    try:
+        code, err = _release(_tiny_source(tmp_path), out, capsys)
+        assert code == 0 and (out / f"{STEM}.ipynb").is_file() and (out / ".course-release").is_file()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_release_refuses_a_folder_it_did_not_make_and_replaces_its_own(tmp_path, capsys):
+    src = _tiny_source(tmp_path)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    code, err = _release(src, foreign, capsys)
+    assert code == 2 and len(err) == 1 and "already holds files the release did not write" in err[0]
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    code, err = _release(src, tmp_path / "course", capsys)  # the folder of the source notebook itself
+    assert code == 2 and "holds the source notebook" in err[0] and src.is_file()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _release(src, empty, capsys)[0] == 0
+    (empty / "leftover.ipynb").write_text("{}")  # from an earlier release of a notebook no longer released
+    assert main([str(src), "--out", str(empty), "--name", "second"]) == 0
+    assert sorted(p.name for p in empty.iterdir()) == [".course-release", f"{STEM}.ipynb"]
+    assert read_nb(empty / f"{STEM}.ipynb")["metadata"]["inside_inference"]["release"] == "second"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def _fail_on_second_write(monkeypatch, exc):
+    from course_lib.course import release as rel
+
+    real, calls = rel._write_file, []
+
+    def write(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise exc
+        real(path, text)
+
+    monkeypatch.setattr(rel, "_write_file", write)
+
+
+@pytest.mark.parametrize("exc, code, needle", [
+    (OSError(28, "No space left on device", "x.ipynb"), 2, "No space left on device"),
+    (KeyboardInterrupt(), 130, "release interrupted"),
+])
+def test_release_disk_full_or_ctrl_c_leaves_the_earlier_release(tmp_path, capsys, monkeypatch, exc, code, needle):
+    src = _tiny_source(tmp_path)
+    out = tmp_path / "student"
+    assert _release(src, out, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _fail_on_second_write(monkeypatch, exc)
+    got, err = _release(src, out, capsys, "--name", "broken")
+    assert got == code and len(err) == 1 and needle in err[0] and "nothing written" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("where", ["proc", "under_file"])
+def test_release_unwritable_folder_is_one_line(tmp_path, capsys, where):
+    src = _tiny_source(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    out = {"proc": Path("/proc/course_release_test"), "under_file": tmp_path / "afile" / "out"}[where]
+    code, err = _release(src, out, capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("release:") and "nothing written" in err[0], err
+    assert display_path(out) in err[0] or str(out) in err[0]

@@ -297,3 +297,95 @@ def import_lines(code: str) -> list[str]:
     except SyntaxError:
         return []
     return [ast.get_source_segment(code, s) for s in tree.body if isinstance(s, (ast.Import, ast.ImportFrom))]
+
+
+@dataclass
+class CheckPlan:
+    """What the grader needs to judge a hand-in of one notebook (see course_lib.course.grade).
+
+    answers: the names the course's checks read from the exercise cells (placeholders, and functions
+    defined there); per_exercise: which of them each exercise's check reads; steps: the check cells'
+    code in order, each (code, exercise names) with names None for imports and definitions and the
+    exercises a check-calling statement judges otherwise; stubs: the course's own definition
+    (ast.dump) of every answer that is a function, to tell a placeholder left as is.
+    """
+    answers: list[str]
+    per_exercise: dict[str, list[str]]
+    steps: list[tuple[str, list[str] | None]]
+    stubs: dict[str, str]
+
+
+def _segment(lines: list[str], stmt: ast.stmt) -> str:
+    start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+    return "".join(lines[start - 1:stmt.end_lineno]).rstrip("\n")
+
+
+def check_plan(cells: list[dict], label: str = "notebook") -> CheckPlan:
+    """Split a course notebook's checks into what the grader re-runs, and find what each exercise reads."""
+    tags, exercises = detect(cells, label)
+    defs: dict[str, ast.stmt] = {}
+    steps: list[tuple[str, list[str] | None]] = []
+    calls: list[ast.stmt] = []
+    checkers: set[str] = set()
+    for i in sorted(i for i, t in tags.items() if "check" in t):
+        code = check_code(source(cells[i]), checkers)
+        tree = ast.parse(code)
+        checkers |= checker_functions(tree, checkers)
+        lines = code.splitlines(keepends=True)
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+                defs[stmt.name] = stmt
+            if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
+                steps.append((_segment(lines, stmt), None))
+            else:
+                calls.append(stmt)
+                steps.append((_segment(lines, stmt), []))
+    stubs: dict[str, str] = {}
+    candidates = {n for ex in exercises for n in ex.placeholders}
+    for i in sorted(i for i, t in tags.items() if "exercise" in t):
+        for stmt in ast.parse(source(cells[i])).body:
+            if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) and stmt.name not in defs:
+                candidates.add(stmt.name)
+                stubs[stmt.name] = ast.dump(stmt)
+
+    def reach(node: ast.AST, seen: set[str]) -> tuple[set[str], list[str]]:
+        loaded, names = _loaded_names(node), [n for n in exercise_names(node) if n is not None]
+        for ref in sorted(loaded & set(defs) - seen):
+            seen.add(ref)
+            more_loaded, more_names = reach(defs[ref], seen)
+            loaded |= more_loaded
+            names += [n for n in more_names if n not in names]
+        return loaded, names
+
+    per_exercise: dict[str, list[str]] = {}
+    answers: list[str] = []
+    k = 0
+    for j, (code, names) in enumerate(steps):
+        if names is None:
+            continue
+        loaded, ex_names = reach(calls[k], set())
+        k += 1
+        steps[j] = (code, ex_names)
+        used = sorted(loaded & candidates)
+        answers += [n for n in used if n not in answers]
+        for name in ex_names:
+            per_exercise.setdefault(name, [])
+            per_exercise[name] += [n for n in used if n not in per_exercise[name]]
+    return CheckPlan(answers, per_exercise, steps, {n: d for n, d in stubs.items() if n in answers})
+
+
+def last_binding(cells: list[dict], name: str) -> ast.stmt | None:
+    """The last top-level statement of any code cell that binds `name` (a def, a class or an assignment)."""
+    found = None
+    for cell in cells:
+        tree = _parse(cell) if cell.get("cell_type") == "code" else None
+        for stmt in tree.body if tree is not None else []:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and stmt.name == name:
+                found = stmt
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t)):
+                    found = stmt
+            elif isinstance(stmt, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name.split(".")[0]) == name for a in stmt.names):
+                found = stmt
+    return found

@@ -4,11 +4,12 @@ Instructors pass parameters with papermill (`-p temperature 1.3`); a typo or an 
 value should stop the notebook at the parameters cell with a message that names the fix,
 not fail twenty cells later with a shape error.
 
-Exercise verdicts are printed for the student. Under the grader (`python -m course_lib.course.grade`,
-which sets RECORD_ENV in the kernel's environment) each verdict is also published as a display
-output of type CHECK_MIME, so the grader reads data, not printed text. It is off otherwise:
-strict nbval compares every output's MIME keys, and an extra output in a fresh run would fail
-every committed notebook.
+Exercise verdicts are printed for the student. In the grader's checking kernel (which sets
+RECORD_ENV; see `python -m course_lib.course.grade`) each verdict is also published as a display
+output of type CHECK_MIME, so the grader reads data, not printed text; a check whose code raised
+says which exception in the record ("raised"). It is off otherwise: strict nbval compares every
+output's MIME keys, and an extra output in a fresh run would fail every committed notebook.
+The grader never trusts these records from a hand-in's own kernel (course_lib.course.answers).
 """
 
 from __future__ import annotations
@@ -143,10 +144,15 @@ def show_params(**params: Any) -> None:
 
 def check_answer(name: str, ok: bool, why_right: str, why_wrong: str) -> bool:
     """Print a verdict for an exercise; the notebook continues either way."""
+    return _verdict(name, ok, why_right, why_wrong)
+
+
+def _verdict(name: str, ok: bool, why_right: str, why_wrong: str, raised: str | None = None) -> bool:
     message = why_right if ok else why_wrong
     print(f"{name}: {'✅ correct' if ok else '❌ not yet'} — {message}")
     if os.environ.get(RECORD_ENV) == "1":
-        _publish({"name": str(name), "ok": bool(ok), "verdict": "correct" if ok else "not yet", "message": str(message)})
+        record = {"name": str(name), "ok": bool(ok), "verdict": "correct" if ok else "not yet", "message": str(message)}
+        _publish(record if raised is None else {**record, "raised": raised})
     return ok
 
 
@@ -166,5 +172,8 @@ def run_check(name: str, fn: Callable[[], tuple[bool, str, str]]) -> bool:
     try:
         ok, right, wrong = fn()
     except Exception as exc:  # a student's half-written answer should not crash the notebook
-        return check_answer(name, False, "", f"your code raised {type(exc).__name__}: {exc}")
-    return check_answer(name, ok, right, wrong)
+        from course_lib.course.answers import AnswerRaised  # replayed in the grader: the hand-in's own exception
+
+        what = str(exc) if isinstance(exc, AnswerRaised) else f"{type(exc).__name__}: {exc}"
+        return _verdict(name, False, "", f"your code raised {what}", raised=type(exc).__name__)
+    return _verdict(name, ok, right, wrong)

@@ -8,6 +8,13 @@ For instructors (`make release` writes build/student/). Each copy:
 - starts with a header cell naming the release, and records the release and the chapter in the
   notebook metadata (the grader uses it to find the course's own checks).
 
+Where it writes: only to a folder outside the repository or under build/ (never notebooks/ or
+anywhere else in the source tree), and only to a new folder, an empty one, or one it made before
+(it holds the marker file `.course-release`; a re-release replaces that folder). The copies are
+built in a temporary sibling folder and renamed into place, so a full disk, a read-only folder or
+Ctrl-C leaves the previous release (or nothing) and never half a release: one line, exit 2 (130
+for Ctrl-C).
+
 The tags come from the exercise convention in course_lib/course/exercises.py. `--tag-notebooks` derives
 them and writes them into the notebooks (metadata only: outputs and nbval are untouched); it is
 idempotent and stops with a list of every cell that breaks the convention. The release refuses
@@ -19,9 +26,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 from course_lib.core.files import atomic_write_text
@@ -29,6 +40,11 @@ from course_lib.core.paths import NOTEBOOKS, REPO_ROOT, display_path
 from course_lib.course.exercises import DETAILS_SOLUTION, ConventionError, apply_tags, detect, source, tagged
 
 META_KEY = "inside_inference"
+MARKER = ".course-release"  # in every folder the release made; only such a folder (or an empty one) is replaced
+
+
+class ReleaseError(ValueError):
+    """The release cannot write where it was asked to (one line naming the path)."""
 
 
 def course_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -125,11 +141,75 @@ def student_copy(nb: dict, stem: str, release: str) -> dict:
     return out
 
 
+def release_target(out: Path, sources: list[Path]) -> Path:
+    """The folder the release may replace, resolved; ReleaseError (one line) where it may not write."""
+    try:
+        target = Path(os.path.abspath(out)).resolve()
+        exists = target.exists()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ReleaseError(f"--out {out}: cannot resolve it ({exc}); pass another folder") from None
+    repo = REPO_ROOT.resolve()
+    if target.is_relative_to(repo) and not target.is_relative_to(repo / "build"):
+        raise ReleaseError(f"--out {display_path(target)} is inside the course's source tree; the release writes only "
+                           "under build/ or outside the repository (e.g. --out build/student)")
+    for src in sources:
+        if src.resolve().is_relative_to(target):
+            raise ReleaseError(f"--out {display_path(target)} holds the source notebook {display_path(src)}; "
+                               "the release would replace it; pass another folder")
+    if exists:
+        if not target.is_dir():
+            raise ReleaseError(f"--out {display_path(target)} is a file, not a folder; pass a new or empty folder")
+        names = [p.name for p in target.iterdir()]
+        if names and MARKER not in names:
+            raise ReleaseError(f"--out {display_path(target)} already holds files the release did not write (no {MARKER} "
+                               "in it); pass a new or empty folder")
+    return target
+
+
+def _write_file(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_release(target: Path, copies: list[tuple[Path, dict]], release: str) -> None:
+    """Write every copy into a temporary sibling of `target`, then rename it into place (all or nothing)."""
+    import nbformat
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    old = None
+    try:
+        for path, nb in copies:
+            _write_file(tmp / path.name, nbformat.writes(nbformat.from_dict(nb)) + "\n")
+        _write_file(tmp / MARKER, json.dumps({"release": release, "notebooks": [p.name for p, _ in copies],
+                                              "written_by": "python -m course_lib.course.release"}, indent=1) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; a release is meant to be shared
+        if target.exists() and any(target.iterdir()):  # our own earlier release: swap it out, then delete it
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            os.rename(target, old)
+        elif target.exists():
+            os.rmdir(target)
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.rename(old, target)  # put the previous release back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m course_lib.course.release", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path, help="notebooks to process (default: every notebooks/NN_*.ipynb)")
-    ap.add_argument("--out", type=Path, help="folder for the student copies (make release uses build/student)")
+    ap.add_argument("--out", type=Path, help="folder for the student copies (make release uses build/student): new, empty, "
+                    f"or an earlier release (holding {MARKER}); outside the repository or under build/")
     ap.add_argument("--name", help="release name shown in each header (default: git describe of this checkout)")
     ap.add_argument("--tag-notebooks", action="store_true",
                     help="derive the exercise/check/solution tags and write them into the notebooks (in place)")
@@ -159,14 +239,27 @@ def main(argv: list[str] | None = None) -> int:
             stale = [line for p in paths for line in stale_tags(read_nb(p), p.name)]
             print("\n".join(stale) if stale else f"tags up to date in {len(paths)} notebooks")
             return 1 if stale else 0
+        target = release_target(args.out, paths)
         release = args.name or release_id()
         copies = [(p, student_copy(read_nb(p), p.stem, release)) for p in paths]  # all checked before writing
+    except ReleaseError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return 2
     except ConventionError as exc:
         print(f"exercise convention broken (see course_lib/course/exercises.py):\n{exc}", file=sys.stderr)
         return 1
-    for path, nb in copies:
-        write_nb(args.out / path.name, nb)
-    print(f"student release {release!r}: {len(copies)} notebooks in {display_path(args.out)}")
+    try:
+        write_release(target, copies, release)
+    except KeyboardInterrupt:
+        print(f"release interrupted: nothing written to {display_path(target)} (an earlier release there is unchanged)",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = display_path(exc.filename) if exc.filename else display_path(target)
+        print(f"release: cannot write {where}: {exc.strerror or exc}; nothing written to {display_path(target)} "
+              "(an earlier release there is unchanged)", file=sys.stderr)
+        return 2
+    print(f"student release {release!r}: {len(copies)} notebooks in {display_path(target)}")
     return 0
 
 

@@ -24,6 +24,13 @@ the query, so stale keys are never read. A round's draft calls start over the la
 (re)writes the slot of the previous round's last guess d_k, so no round spends a (k + 1)-th draft call only to
 cache d_k. With fixed shapes a greedy round (k draft calls and the (k + 1)-position verify) compiles to one
 graph per k (`compile=True`), so no Python runs between its calls.
+
+Why its own loop and not a runner of `decoding.decode.decode_loop`: that loop appends exactly one token per
+row per step, while a round here appends 1 .. k + 1 tokens, decided by comparing the drafter's guesses with
+the target's verify; and rolling back a rejected suffix is a move of the write position, not a cache row
+selection. What it shares with every method: the cache protocol (`StaticKVCache.for_model`, its mask rule),
+the one model step (`caches.protocol.step_logits`), the sampling step (`SamplingSettings`), the argument
+checks, and the loop itself past block_size (`_finish` hands the sliding window to `generate_ids`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from course_lib.caches.protocol import step_logits
 from course_lib.caches.static_cache import StaticKVCache
+from course_lib.core.checks import check_int
+from course_lib.decoding.decode import check_generate_args, generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
@@ -107,8 +117,7 @@ def verify_static(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: tor
     """Logits (B, T, vocab) at *every* position of ids (B, T) written at slots input_pos (T,).
 
     `static_cache.forward_static` keeps only the last position; verification needs all k + 1."""
-    h = model._run(ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos))
-    return model.lm_head(h)
+    return step_logits(model, ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos), last_only=False)
 
 
 def _draft_vocab(target, draft) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -187,22 +196,20 @@ def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, l
 
 def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
     check_sampling_args(max_new_tokens=max_new_tokens)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (tokens drafted per round) must be an int >= 1, got {k!r}; k=4 is a good start")
-    if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] == 0:
+    check_int("k (tokens drafted per round; k=4 is a good start)", k, low=1)
+    check_generate_args(target, idx)
+    if idx.shape[0] != 1:
         raise ValueError(f"speculative decoding runs one sequence: idx must be (1, T) with T >= 1, got {tuple(idx.shape)}; "
                          "loop over the rows (acceptance differs per row)")
-    if idx.shape[1] > target.block_size:
-        raise ValueError(f"prompt of {idx.shape[1]} tokens exceeds block_size {target.block_size}; keep the last "
-                         f"{target.block_size} tokens")
+    if idx.shape[1] > target.block_size:  # the policy of every loop: warn, then the window keeps the last block_size
+        warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {target.block_size}: "
+                      f"the model sees only the last {target.block_size}", stacklevel=3)
 
 
 def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings,
             generator, stats: SpecStats) -> torch.Tensor:
     """Crop to max_new_tokens; past block_size the window slides (every position changes, caches are
     stale): the rest is the target's own loop, which is what target.generate does there too."""
-    from course_lib.decoding.decode import generate_ids
-
     out = torch.tensor([seq[:idx.shape[1] + max_new_tokens]], dtype=idx.dtype, device=idx.device)
     left = idx.shape[1] + max_new_tokens - out.shape[1]
     if left > 0:
@@ -220,8 +227,10 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
     dev = idx.device
     T = idx.shape[1]
     block = target.block_size
-    tcache = StaticKVCache.for_model(target, 1)
     seq = idx[0].tolist()
+    if T > block:  # nothing to speculate in a sliding window: the plain loop (see _finish)
+        return _finish(target, seq, idx, max_new_tokens, settings, generator, stats)
+    tcache = StaticKVCache.for_model(target, 1)
     with torch.no_grad():
         logits = verify_static(target, tcache, idx, torch.arange(T, device=dev))[:, -1]
         stats.target_calls += 1
@@ -383,8 +392,7 @@ def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_t
     `max_matching_ngram_size=max_ngram`). Same guarantees as `speculative_generate`."""
     settings = SamplingSettings(temperature, top_k, top_p)
     _check_args(target, idx, max_new_tokens, num_tokens)
-    if isinstance(max_ngram, bool) or not isinstance(max_ngram, int) or max_ngram < 1:
-        raise ValueError(f"max_ngram must be an int >= 1, got {max_ngram!r}")
+    check_int("max_ngram", max_ngram, low=1)
     stats = SpecStats(num_tokens, keep_rounds=keep_rounds)
     out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats)
     return (out, stats) if return_stats else out

@@ -46,6 +46,7 @@ from course_lib.caches.static_cache import StaticKVCache
 from course_lib.core.checks import check_int
 from course_lib.decoding.decode import check_generate_args, generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.stopping import StopCriteria
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
            "accept_greedy", "accept_sampled", "verify_static", "draft_step_greedy", "verify_greedy"]
@@ -206,6 +207,13 @@ def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
                       f"the model sees only the last {target.block_size}", stacklevel=3)
 
 
+def _stopper(eos_token_id, stop, enc, device) -> tuple[StopCriteria, object]:
+    if stop is not None and enc is None:
+        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
+        enc = get_encoding()
+    return StopCriteria(1, eos_token_id, stop, enc, device=device), enc
+
+
 def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings,
             generator, stats: SpecStats) -> torch.Tensor:
     """Crop to max_new_tokens; past block_size the window slides (every position changes, caches are
@@ -222,7 +230,7 @@ def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, sett
 
 
 def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settings: SamplingSettings,
-         generator, compile: bool | str, stats: SpecStats) -> torch.Tensor:
+         generator, compile: bool | str, stats: SpecStats, stopper: StopCriteria) -> torch.Tensor:
     """The speculative loop shared by both drafters (see the module docstring)."""
     dev = idx.device
     T = idx.shape[1]
@@ -237,7 +245,13 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
         seq.append(int(settings.sample(logits, generator)))
         drafter.prefill(idx)
         # seq[-1] is pending (not in the caches yet); the target's cache holds len(seq) - 1 slots
+        fed = T  # new tokens up to here went through the stopper
         while len(seq) - T < max_new_tokens and len(seq) <= block:
+            if stopper.active:
+                if _stops_at(stopper, seq[fed:]) is not None:  # an eos id or a stop string: later tokens are cut
+                    stats.new_tokens = len(seq) - T
+                    return torch.tensor([seq], dtype=idx.dtype, device=dev)
+                fed = len(seq)
             room = block - len(seq)                  # the verify writes slots len(seq)-1 .. +k
             kk = min(k, room, T + max_new_tokens - len(seq))
             L = len(seq) - 1
@@ -255,6 +269,22 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
             stats.record(drafted, n, tok)
             seq.extend(drafted[:n] + [tok])
     return _finish(target, seq, idx, max_new_tokens, settings, generator, stats)
+
+
+def _stops_at(stopper: StopCriteria, tokens: list[int]) -> int | None:
+    """Feed tokens to the (one-row) stopper; the index of the token that finishes the row, or None."""
+    for i, t in enumerate(tokens):
+        if bool(stopper.update(torch.tensor([[t]], device=stopper.done.device))[0]):
+            return i
+    return None
+
+
+def _cut_at_stop(out: torch.Tensor, T: int, eos_token_id, stop, enc) -> torch.Tensor:
+    """The decode loop's rule for one row: the output ends with the token that finished it (eos id or the
+    end of a stop string), checked over every new token from the start."""
+    stopper = StopCriteria(1, eos_token_id, stop, enc, device=out.device)
+    end = _stops_at(stopper, out[0, T:].tolist()) if stopper.active else None
+    return out if end is None else out[:, :T + end + 1]
 
 
 class _ModelDrafter:
@@ -366,7 +396,8 @@ class _LookupDrafter:
 @torch.no_grad()
 def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = 0.0,
                          top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                         *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False):
+                         *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False,
+                         eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
     """Append max_new_tokens tokens to idx (1, T) with `draft` proposing k tokens per target forward pass.
 
     Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
@@ -379,7 +410,9 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
     settings = SamplingSettings(temperature, top_k, top_p)
     _check_args(target, idx, max_new_tokens, k)
     stats = SpecStats(k, keep_rounds=keep_rounds)
-    out = _run(target, _ModelDrafter(target, draft), idx, max_new_tokens, k, settings, generator, compile, stats)
+    stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
+    out = _run(target, _ModelDrafter(target, draft), idx, max_new_tokens, k, settings, generator, compile, stats, stopper)
+    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
     return (out, stats) if return_stats else out
 
 
@@ -387,12 +420,16 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
 def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_tokens: int = 8, max_ngram: int = 2,
                            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                            generator: torch.Generator | None = None, *, compile: bool = False,
-                           return_stats: bool = False, keep_rounds: bool = False):
+                           return_stats: bool = False, keep_rounds: bool = False,
+                           eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
     """Speculative decoding with prompt lookup as the drafter (HF `prompt_lookup_num_tokens=num_tokens`,
     `max_matching_ngram_size=max_ngram`). Same guarantees as `speculative_generate`."""
     settings = SamplingSettings(temperature, top_k, top_p)
     _check_args(target, idx, max_new_tokens, num_tokens)
     check_int("max_ngram", max_ngram, low=1)
     stats = SpecStats(num_tokens, keep_rounds=keep_rounds)
-    out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats)
+    stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
+    out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats,
+               stopper)
+    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
     return (out, stats) if return_stats else out

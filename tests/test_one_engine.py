@@ -205,7 +205,7 @@ def _entry_points(model, draft):
 @pytest.mark.parametrize("bad,needle", BAD_IDS)
 def test_bad_token_ids_are_a_clear_error_in_every_path(bad, needle):
     model, draft = make("mha"), make("mha", seed=1, n_layer=1)
-    for name, run in _entry_points(model, draft).items():
+    for run in _entry_points(model, draft).values():
         with pytest.raises(ValueError, match=needle):
             run(bad)
     with pytest.raises(ValueError):

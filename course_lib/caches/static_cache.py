@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from course_lib.caches.protocol import KVLayout, step_logits
-from course_lib.core.checks import check_choice, check_int
+from course_lib.core.checks import check_choice, check_generation_inputs, check_int
 from course_lib.core.layers import slot_mask
-from course_lib.decoding.decode import check_generate_args, generate_ids
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 
 StepFn = Callable[..., torch.Tensor]
@@ -317,7 +317,7 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     check_choice("compile", compile, COMPILE_MODES)
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)
     check_sampling_args(max_new_tokens=max_new_tokens)
-    attention_mask = check_generate_args(model, idx, attention_mask, pad_token_id)
+    attention_mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     B, T = idx.shape
     block = model.block_size
     n_pad = 0

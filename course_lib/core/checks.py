@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 __all__ = ["check_int", "check_float", "check_probability", "check_choice", "check_nonempty",
-           "check_token_ids", "check_attention_mask", "check_pad_id"]
+           "check_token_ids", "check_attention_mask", "check_pad_id", "check_generation_inputs"]
 
 
 def _name(value: Any) -> str:
@@ -138,3 +138,24 @@ def check_attention_mask(mask: Any, ids: torch.Tensor, *, left_padded: bool = Tr
 def check_pad_id(pad_token_id: Any, vocab_size: int, *, optional: bool = True) -> int | None:
     """A pad id inside the vocabulary (it is fed to the embedding, then masked)."""
     return check_int("pad_token_id", pad_token_id, low=0, high=vocab_size - 1, optional=optional)
+
+
+def check_generation_inputs(idx: Any, vocab_size: int, attention_mask: Any = None,
+                            pad_token_id: Any = None) -> torch.Tensor | None:
+    """What every generation entry point checks first: ids (B, T >= 1) inside the vocabulary, a 0/1
+    left-padded mask of the same shape, a pad id in range. Returns the mask as torch.long (or None).
+
+    Reading the values waits for the device once per call (never per step); a `meta` tensor (shapes
+    only, used to test device code without a GPU) has no values, so only its type and shape are checked."""
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[1] == 0:
+        raise ValueError(f"idx is an empty prompt (shape {tuple(idx.shape)}); start from the <|endoftext|> token "
+                         "(encode_prompt does this for \"\")")
+    values = not (isinstance(idx, torch.Tensor) and idx.device.type == "meta")
+    check_token_ids("idx", idx, vocab_size, check_values=values)
+    check_pad_id(pad_token_id, vocab_size)
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"attention_mask must be a torch.Tensor of 0/1 with shape {tuple(idx.shape)}, "
+                         f"got {type(attention_mask).__name__}")
+    return check_attention_mask(attention_mask.to(idx.device), idx, check_values=values)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from course_lib.decoding.decode import CachedRunner, UncachedRunner, check_generate_args
+from course_lib.core.checks import check_generation_inputs
+from course_lib.decoding.runners import CachedRunner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import check_stopping_args
 
@@ -111,7 +112,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
     check_beam_args(num_beams, length_penalty, early_stopping)
     check_sampling_args(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     eos, _ = check_stopping_args(eos_token_id, None)
-    attention_mask = check_generate_args(model, idx, attention_mask, pad_token_id)
+    attention_mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     if max_new_tokens == 0:
         return BeamResult(idx, [0.0] * idx.shape[0], [0.0] * idx.shape[0], [[] for _ in range(idx.shape[0])], 0, 0)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 
-from course_lib.core.checks import check_attention_mask, check_pad_id, check_token_ids
+from course_lib.core.checks import check_generation_inputs
+from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
 
@@ -86,79 +86,6 @@ def _full_rows(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     return x.new_full((batch, x.shape[-1]), float("-inf")).index_copy_(0, rows, x)
 
 
-class Runner(Protocol):
-    """How a step runs against which cache; `decode_loop` calls it. window (B, T) is the sequence so far
-    (at most block_size tokens), mask its (B, T) attention mask or None; both return (B, vocab) logits."""
-
-    drops_rows: bool  # can finished rows leave the batch? (a static cache keeps its shapes: no)
-
-    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
-
-    def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
-
-    def select_rows(self, rows: torch.Tensor) -> None: ...
-
-    def sample(self, settings: SamplingSettings, logits: torch.Tensor, generator: torch.Generator | None,
-               draw: str) -> torch.Tensor: ...
-
-
-class UncachedRunner:
-    """No cache: the whole window every step, the head at the last position only (nanoGPT's inference form)."""
-
-    drops_rows = True
-
-    def __init__(self, model):
-        self.model = model
-
-    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.model(window, attention_mask=mask, last_only=True)[:, -1, :]
-
-    step = prefill
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        pass
-
-    def sample(self, settings, logits, generator, draw):
-        return settings.sample(logits, generator, draw)
-
-
-class CachedRunner(UncachedRunner):
-    """Chapter 03's contiguous KV cache: prefill the window once, then one token per step."""
-
-    def __init__(self, model, cache=None):
-        self.model, self.cache = model, cache
-
-    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        logits, self.cache = self.model.prefill(window, attention_mask=mask, cache=self.cache)
-        return logits
-
-    def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.model.decode_step(window[:, -1:], self.cache, attention_mask=mask)
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        self.cache.select_rows(rows)
-
-
-def check_generate_args(model, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        pad_token_id: int | None = None) -> torch.Tensor | None:
-    """The checks every generation entry point runs first: ids (B, T >= 1) inside the model's vocabulary,
-    a 0/1 left-padded mask of the same shape, a pad id in range. Returns the mask as long (or None)."""
-    vocab = model.h_params["vocab_size"]
-    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[1] == 0:
-        raise ValueError(f"idx is an empty prompt (shape {tuple(idx.shape)}); start from the <|endoftext|> token "
-                         "(encode_prompt does this for \"\")")
-    # Reading values waits for the device once per call; a `meta` tensor (shapes only) has no values to read.
-    values = not (isinstance(idx, torch.Tensor) and idx.device.type == "meta")
-    check_token_ids("idx", idx, vocab, check_values=values)
-    check_pad_id(pad_token_id, vocab)
-    if attention_mask is None:
-        return None
-    if not isinstance(attention_mask, torch.Tensor):
-        raise ValueError(f"attention_mask must be a torch.Tensor of 0/1 with shape {tuple(idx.shape)}, "
-                         f"got {type(attention_mask).__name__}")
-    return check_attention_mask(attention_mask.to(idx.device), idx, check_values=values)
-
-
 @torch.no_grad()
 def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
@@ -191,7 +118,7 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
     check_sampling_args(max_new_tokens=max_new_tokens)
-    mask = check_generate_args(model, idx, attention_mask, pad_token_id)
+    mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     warn_if_training(model)
     if stop is not None and enc is None:
         from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer

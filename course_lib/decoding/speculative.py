@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from course_lib.caches.protocol import step_logits
 from course_lib.caches.static_cache import StaticKVCache
-from course_lib.core.checks import check_int
-from course_lib.decoding.decode import check_generate_args, generate_ids
+from course_lib.core.checks import check_generation_inputs, check_int
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
 
@@ -198,7 +198,7 @@ def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, l
 def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
     check_sampling_args(max_new_tokens=max_new_tokens)
     check_int("k (tokens drafted per round; k=4 is a good start)", k, low=1)
-    check_generate_args(target, idx)
+    check_generation_inputs(idx, target.h_params["vocab_size"])
     if idx.shape[0] != 1:
         raise ValueError(f"speculative decoding runs one sequence: idx must be (1, T) with T >= 1, got {tuple(idx.shape)}; "
                          "loop over the rows (acceptance differs per row)")

@@ -20,7 +20,8 @@ from torch import nn
 
 from course_lib.caches.protocol import KVLayout, KVStep
 from course_lib.core.layers import rope_angles, run_blocks
-from course_lib.decoding.decode import CachedRunner, generate_ids
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.runners import CachedRunner
 from course_lib.decoding.sampling import SamplingSettings
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.process_group import check_divides

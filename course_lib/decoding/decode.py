@@ -8,7 +8,11 @@ between methods plugs in as a *runner* (`Runner`): which cache it keeps and how 
   (also the tensor-parallel shard, whose `TPGPT` has the same two methods);
 - `UncachedRunner`: no cache, the whole window every step (the fair baseline);
 - `static_cache.StaticRunner` (eager or compiled steps), `paged_cache.PagedRunner`,
-  `distributed.tp_gpt.TPRunner` (a distributed argmax picks the token);
+  `distributed.tp_gpt.TPRunner` (a distributed argmax picks the token), the chapter-06 engine's runner.
+
+Beam search (`beam`) keeps its own loop around the same runners and caches: it picks K candidates per
+row out of K x vocab and reorders cache rows, where this loop appends one token per row. Speculative
+decoding (`speculative`) appends 1 .. k + 1 tokens per round; its docstring says what it shares.
 
 The length policy, the same for every runner: a prompt longer than block_size keeps its last
 block_size tokens, with a warning; when prompt + new tokens cross block_size the window slides, every

@@ -17,6 +17,8 @@ manager; `cache.step(seq_ids, T)` reserves T slots per sequence and returns the 
 forward pass talks to (`layer(i).update(k, v)`, as every cache in the course), with positions and a mask.
 Attention gathers each sequence's blocks back into token order, so it is token-exact with the
 contiguous cache; a real kernel (vLLM's) reads the blocks in place instead of gathering them.
+The step masks with `layers.slot_mask` (the one mask rule) and runs `caches.protocol.step_logits` (the one
+model step); `generate_paged` is the decode loop (`decoding.decode`) with a `PagedRunner`.
 """
 
 from __future__ import annotations

@@ -26,16 +26,18 @@ Where each module is taught (chapter = notebook number):
     core.timing                  time_fn; compare: interleaved rounds, verdict from the numbers, saved reference  03, 05-09, benchmarks
     text.tokenizer               cl100k_base offline; token bytes, half-characters         00, 02, 03
     text.corpus                  the listing grammar the text model was trained on         00, 02
-    text.gpt                     the text model: one forward path, infer/prefill/decode_step, load_gpt  00-03, 05, 06
+    text.gpt                     the text model: hidden_states (one forward path), infer/prefill/decode_step, load_gpt  00-03, 05, 06
     text.rope                    RoPE layouts + weight conversion, low-precision angles, past the trained length  05
     text.draft                   the small draft model for speculative decoding            08
     text.plots                   the text track's figures                                  02, 03
+    caches.protocol              the cache protocol, KVLayout (for_model), step_logits: the one model step  03, 06, 06b
     caches.kv_cache              the contiguous pre-allocated KV cache; its memory formula 03
     caches.static_cache          the static KV cache: tensor positions, one compiled graph  06, 08
     caches.paged_cache           the paged KV cache: block manager, slot mapping, prefix sharing  06b
     caches.compile_watch         graph counts, failed guards, the recompile-limit fallback  06
     caches.quantize              weight-only int8 / int4 / bf16; bytes, greedy agreement   08b
-    decoding.decode              the decode loop (with or without a cache)                 02, 02b, 03
+    decoding.decode              THE decode loop: prefill, step, sample, stop, hooks, block_size policy  02, 02b, 03
+    decoding.runners             how a step runs: the runner protocol, uncached and contiguous runners  03
     decoding.sampling            one sampling step: temperature, top-k, top-p, penalty     02, 07
     decoding.stopping            eos ids, stop strings across tokens, finished rows        02b
     decoding.scoring             sequence_logprob: sum/mean log-prob, perplexity           02b

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from course_lib import sequence_logprob  # the public API path (COURSE_DESIGN.md: the package top level)
 from course_lib.decoding.beam import BeamHypotheses, beam_search
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.scoring import sequence_logprobs
-from course_lib.text.gpt import sequence_logprob  # the public API path (COURSE_DESIGN.md)
 from course_lib.text.tokenizer import get_encoding
 
 V, L, EOS = 4, 3, 2  # 4 tokens, 3 new tokens at most, token 2 ends a hypothesis

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_lib import generate_batch  # the public API path (COURSE_DESIGN.md: the package top level)
 from course_lib.core.layers import position_ids_from_mask
 from course_lib.decoding.batching import pad_batch
-from course_lib.decoding.sampling import generate_batch  # the public API path (COURSE_DESIGN.md)
 from course_lib.text.tokenizer import get_encoding
 
 PROMPTS = ["农夫山泉", "Alpine Spring Sparkling Water", "", "三只松鼠 每日坚果 500g", "🙂", "Sunbeam Instant Ramen Beef 120g Cup"]

@@ -22,7 +22,6 @@ from course_lib.caches.quantize import (
     unpack_int4,
     weight_bytes,
 )
-from course_lib.text.gpt import quantize as quantize_from_gpt
 
 
 def _w(n=48, k=64, seed=0) -> torch.Tensor:
@@ -128,10 +127,6 @@ def test_weight_bytes_count_the_tied_table_once(make_gpt):
     norms = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 1)
     assert weight_bytes(q8) == sum(m.weight.numel() + 4 * m.out_features for m in mats) + 4 * norms
     assert weight_bytes(quantize(model, "bf16")) == weight_bytes(model) // 2
-
-
-def test_quantize_is_importable_from_the_model_module():
-    assert quantize_from_gpt is quantize
 
 
 def test_bad_input_is_a_clear_error(make_gpt):

@@ -11,10 +11,15 @@ import torch
 
 from course_lib.caches.static_cache import GraphCounter, StaticKVCache
 from course_lib.decoding import speculative
-from course_lib.decoding.speculative import accept_sampled, prompt_lookup_candidates, prompt_lookup_generate, verify_static
+from course_lib.decoding.speculative import (
+    accept_sampled,
+    prompt_lookup_candidates,
+    prompt_lookup_generate,
+    speculative_generate,
+    verify_static,
+)
 from course_lib.text.corpus import BRANDS
-from course_lib.text.draft import DraftGPT
-from course_lib.text.gpt import load_draft, speculative_generate
+from course_lib.text.draft import DraftGPT, load_draft
 from course_lib.text.tokenizer import get_encoding
 
 

@@ -73,8 +73,11 @@ def test_compiled_growing_cache_recompiles(shipped_gpt):
 
 def test_static_cache_too_short_names_the_fix(make_gpt):
     model = make_gpt(block_size=16, dropout=0.0)
-    with pytest.raises(ValueError, match="do not fit a static cache of max_len 16"):
-        generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7)
+    with pytest.raises(ValueError, match="need 16 slots .* static cache has max_len 12"):
+        generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7, cache=StaticKVCache.for_model(model, 1, 12))
+    # a cache of block_size slides its window past block_size, like every loop (was: an error here)
+    idx = torch.zeros(1, 10, dtype=torch.long)
+    assert torch.equal(generate_static(model, idx, 7), model.generate(idx, 7, temperature=0))
 
 
 # ------------------------------------------------------------------ generate_static(compile=...)

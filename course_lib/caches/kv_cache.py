@@ -5,17 +5,19 @@ are unchanged, so we store them once instead of recomputing the whole prefix eve
 Buffers are allocated once at (B, H, max_len, head_dim) and written in place, so shapes and
 addresses stay fixed across steps (what compiled graphs and CUDA graphs want).
 
-Protocol used by `layers.Attention`: for a step of T new tokens, every layer calls
+It follows the cache protocol (`caches.protocol`): for a step of T new tokens every layer calls
 `cache.layer(i).update(k, v)`, which writes at [length, length + T) and returns the keys and
-values of all tokens so far; after the last layer `layers.run_blocks` (the one loop over blocks
-every model uses) calls `cache.advance(T)`. The mask follows `layers.attend_mask`, the same rule
-as a forward pass without a cache (which is this mask at length 0).
+values of all tokens so far; after the last layer `layers.run_blocks` calls `cache.advance(T)`.
+The mask follows `layers.attend_mask`, the same rule as a forward pass without a cache (which is
+this mask at length 0). `select_rows` is how a loop drops finished rows or reorders beams.
 """
 
 from __future__ import annotations
 
 import torch
 
+from course_lib.caches.protocol import KVLayout
+from course_lib.core.checks import check_int
 from course_lib.core.layers import attend_mask
 
 
@@ -45,9 +47,35 @@ class KVCache:
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len, self.batch_size = max_len, batch_size
+        self.max_len = max_len
         self.length = 0  # positions already filled (the same for every row)
         self._layers = [LayerKV(self, i) for i in range(n_layer)]
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """An empty cache shaped for `model` (its `kv_layout()`); max_len defaults to its block_size."""
+        lay: KVLayout = model.kv_layout()
+        check_int("batch_size", batch_size, low=1)
+        max_len = check_int("max_len", max_len, low=1, optional=True) or lay.max_len
+        return cls(lay.n_layer, batch_size, lay.n_kv_head, lay.head_dim, max_len,
+                   device=lay.device if device is None else device, dtype=lay.dtype)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Row i becomes old row rows[i] (drop finished rows, reorder or repeat beams).
+
+        Same batch size (beams): only the filled slots are copied, in place (a listing fills a few dozen of
+        block_size slots). A smaller batch (finished rows dropped): new, smaller buffers."""
+        if rows.numel() == self.batch_size:
+            n = self.length
+            self.k[:, :, :, :n] = self.k[:, rows, :, :n]
+            self.v[:, :, :, :n] = self.v[:, rows, :, :n]
+        else:
+            self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
 
     def layer(self, i: int) -> LayerKV:
         return self._layers[i]
@@ -79,6 +107,5 @@ def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, tokens: int, bat
     """
     for name, v in [("n_layer", n_layer), ("n_kv_head", n_kv_head), ("head_dim", head_dim), ("tokens", tokens),
                     ("batch", batch), ("bytes_per_value", bytes_per_value)]:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        check_int(name, v, low=1)
     return 2 * n_layer * n_kv_head * head_dim * bytes_per_value * tokens * batch

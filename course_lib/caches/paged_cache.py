@@ -17,6 +17,8 @@ manager; `cache.step(seq_ids, T)` reserves T slots per sequence and returns the 
 forward pass talks to (`layer(i).update(k, v)`, as every cache in the course), with positions and a mask.
 Attention gathers each sequence's blocks back into token order, so it is token-exact with the
 contiguous cache; a real kernel (vLLM's) reads the blocks in place instead of gathering them.
+The step masks with `layers.slot_mask` (the one mask rule) and runs `caches.protocol.step_logits` (the one
+model step); `generate_paged` is the decode loop (`decoding.decode`) with a `PagedRunner`.
 
 Seed 002 is one of the course's source documents: notebooks/SOURCES.md#seed-002.
 """
@@ -29,7 +31,10 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from course_lib.caches.protocol import KVLayout, step_logits
 from course_lib.core.checks import check_int
+from course_lib.core.layers import slot_mask
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 
 SeqId = Hashable
@@ -214,10 +219,20 @@ class PagedKVCache:
         self.n_kv_head, self.head_dim, self.block_size = n_kv_head, head_dim, block_size
 
     @classmethod
-    def for_model(cls, model, n_blocks: int, block_size: int = 16) -> PagedKVCache:
-        """A pool shaped for `model` (a GPT): its layers, kv heads, head size, device and dtype."""
-        return cls(model.h_params["n_layer"], model.n_kv_head, model.head_dim, n_blocks, block_size,
-                   device=model.device, dtype=model.tok_emb.weight.dtype)
+    def for_model(cls, model, batch_size: int | None = None, max_len: int | None = None,
+                  device: torch.device | str | None = None, *, n_blocks: int | None = None,
+                  block_size: int = 16) -> PagedKVCache:
+        """A pool shaped for `model` (its `kv_layout()`: layers, kv heads, head size, device, dtype), built
+        like every cache: enough blocks for batch_size sequences of max_len tokens (default block_size of
+        the model), or exactly n_blocks blocks of block_size slots."""
+        lay: KVLayout = model.kv_layout()
+        check_int("block_size", block_size, low=1)
+        if n_blocks is None:
+            check_int("batch_size", batch_size, low=1)
+            max_len = check_int("max_len", max_len, low=1, optional=True) or lay.max_len
+            n_blocks = batch_size * math.ceil(max_len / block_size)
+        return cls(lay.n_layer, lay.n_kv_head, lay.head_dim, n_blocks, block_size,
+                   device=lay.device if device is None else device, dtype=lay.dtype)
 
     @property
     def block_bytes(self) -> int:
@@ -245,8 +260,7 @@ class PagedKVCache:
         All or nothing: if the pool runs out for one sequence, the sequences already reserved in this
         step are rolled back too, so a caller can free something and retry.
         """
-        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-            raise ValueError(f"n_new must be an int >= 1 (tokens per sequence this step), got {n_new!r}")
+        check_int("n_new (tokens per sequence this step)", n_new, low=1)
         if len(set(seq_ids)) != len(seq_ids) or not seq_ids:
             raise ValueError(f"seq_ids must name each sequence once (one row each), got {list(seq_ids)}")
         starts, slots, copies = self.manager.reserve(seq_ids, n_new)  # all or nothing (PoolExhausted)
@@ -273,8 +287,9 @@ class PagedStep:
                                    dtype=torch.long, device=dev)                                  # (B, L)
         start = torch.tensor(starts, dtype=torch.long, device=dev)[:, None]
         self.positions = start + torch.arange(T, device=dev)[None]                                # (B, T)
-        # Query t of row b sits at position starts[b] + t and may attend every key up to it (causal).
-        self.mask = (torch.arange(L, device=dev)[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, L)
+        # Query t of row b sits at position starts[b] + t and may attend every key up to it (the one mask rule;
+        # the gather's padding slots lie past every query of a shorter row, so causality hides them).
+        self.mask = slot_mask(self.positions, L)                                                  # (B, 1, T, L)
 
     def layer(self, i: int) -> _PagedLayer:
         return _PagedLayer(self, i)
@@ -306,56 +321,114 @@ def paged_forward(model, cache: PagedKVCache, seq_ids: Sequence[SeqId], ids: tor
     if ids.shape[0] != len(seq_ids):
         raise ValueError(f"ids has {ids.shape[0]} rows but {len(seq_ids)} sequence ids were given; one id per row")
     step = cache.step(seq_ids, ids.shape[1])
-    h = model._run(ids, step.positions, step.mask, step)  # the model's one forward path, as with every cache
-    return model.lm_head(h[:, -1])
+    return step_logits(model, ids, step.positions, step.mask, step)  # the one model step, as with every cache
+
+
+class PagedRunner:
+    """The decode loop's runner for a paged cache: row b is sequence seqs[b]. The prefill runs each row's
+    real tokens alone (its padding stripped: a paged cache never stores padding); with a shared `prefix`
+    the first prefill runs the prefix once and forks it into every row. Finished rows leave the batch and
+    free their blocks."""
+
+    drops_rows = True
+
+    def __init__(self, model, cache: PagedKVCache, n_rows: int, prefix: list[int] | None = None):
+        self.model, self.cache, self.prefix = model, cache, prefix or []
+        self.seqs: list[SeqId] = list(range(n_rows))
+        self.added: list[SeqId] = []  # what this run put in the cache (generate_paged frees it)
+
+    def _add(self, seq: SeqId, parent: SeqId | None = None) -> None:
+        if seq in self.added:  # a re-prefill after the window slid: start the row over
+            self.cache.free(seq)
+        self.cache.fork(parent, seq) if parent is not None else self.cache.add(seq)
+        if seq not in self.added:
+            self.added.append(seq)
+
+    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        dev, logits = window.device, []
+        shared = bool(self.prefix) and not self.added  # the prefix is shared on the first prefill only
+        if shared:
+            self._add("prefix")
+            prefix_logits = paged_forward(self.model, self.cache, ["prefix"], torch.tensor([self.prefix], device=dev))
+        for b, seq in enumerate(self.seqs):  # each request alone, at its own length
+            row = window[b] if mask is None else window[b][mask[b].bool()]
+            own = row[len(self.prefix):] if shared else row
+            self._add(seq, "prefix" if shared else None)
+            logits.append(paged_forward(self.model, self.cache, [seq], own[None]) if len(own) else prefix_logits)
+        return torch.cat(logits)                                                   # (rows, vocab)
+
+    def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return paged_forward(self.model, self.cache, self.seqs, window[:, -1:])   # every request, one token each
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        keep = [self.seqs[i] for i in rows.tolist()]
+        for seq in self.seqs:
+            if seq not in keep:
+                self.cache.free(seq)
+                self.added.remove(seq)
+        self.seqs = keep
+
+    def sample(self, settings: SamplingSettings, logits: torch.Tensor, generator, draw: str) -> torch.Tensor:
+        return settings.sample(logits, generator, draw)
+
+
+def _as_token_list(name: str, toks) -> list[int]:
+    """A prompt or prefix as a list of ints: a list/tuple of ints or a 1-d integer tensor."""
+    if isinstance(toks, torch.Tensor):
+        if toks.dim() != 1 or toks.dtype.is_floating_point or toks.dtype == torch.bool:
+            raise ValueError(f"{name} must be a list of token ids or a 1-d integer tensor, got a tensor of shape "
+                             f"{tuple(toks.shape)} and dtype {toks.dtype}")
+        return toks.tolist()
+    if isinstance(toks, (str, bytes)) or not isinstance(toks, Sequence):
+        raise ValueError(f"{name} must be a list of token ids, got {type(toks).__name__}; encode text first (enc.encode)")
+    for t in toks:
+        check_int(f"{name}[i] (a token id)", t)
+    return [int(t) for t in toks]
 
 
 @torch.no_grad()
 def generate_paged(model, cache: PagedKVCache, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, *,
                    prefix: Sequence[int] = (), generator: torch.Generator | None = None,
-                   free: bool = True) -> list[list[int]]:
+                   free: bool = True, repetition_penalty: float = 1.0, eos_token_id: int | list[int] | None = None,
+                   stop: str | list[str] | None = None, pad_token_id: int | None = None, enc=None) -> list[list[int]]:
     """New tokens for each request prefix + prompts[i] (token ids; prompts may differ in length); temperature=0 is greedy.
 
-    A non-empty `prefix` (e.g. a brand prompt every request shares) is run once and its blocks are
-    shared by every request (`fork`). Each request's own tokens are then run alone (no padding) and
-    all requests decode together, one token per row per step. free=False keeps the sequences (ids
-    0..n-1, the prefix "prefix") in the cache so its blocks can be inspected; free them afterwards.
+    The decode loop (`decoding.decode`: eos ids, stop strings, repetition penalty, the block_size policy)
+    with a `PagedRunner`. A non-empty `prefix` (e.g. a brand prompt every request shares) is run once and
+    its blocks are shared by every request (`fork`). Each request's own tokens are then run alone (no
+    padding) and all requests decode together, one token per row per step. free=False keeps the
+    sequences (ids 0..n-1, the prefix "prefix") in the cache so its blocks can be inspected; free them
+    afterwards. With eos ids or stop strings a finished row's list is padded with pad_token_id.
     """
-    settings = SamplingSettings(temperature, top_k, top_p)
+    settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)
     check_sampling_args(max_new_tokens=max_new_tokens)
-    if not prompts or (any(len(p) == 0 for p in prompts) and not prefix):
+    prefix = _as_token_list("prefix", prefix)
+    if isinstance(prompts, (str, torch.Tensor)) or not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("prompts must be a non-empty list of requests, each a list of token ids")
+    rows = [prefix + _as_token_list(f"prompts[{i}]", p) for i, p in enumerate(prompts)]
+    if any(len(r) == 0 for r in rows):
         raise ValueError("give at least one request, each with at least one token (in its prompt or in prefix)")
-    dev, seqs = model.device, list(range(len(prompts)))
-    as_ids = lambda toks: torch.tensor([list(toks)], dtype=torch.long, device=dev)  # noqa: E731
-    added: list[SeqId] = []  # what this call put in the cache (and frees again)
+    dev, T = model.device, max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long, device=dev)         # left-padded: the loop's batch form
+    mask = torch.zeros(len(rows), T, dtype=torch.long, device=dev)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = torch.tensor(r, device=dev)
+        mask[b, T - len(r):] = 1
+    runner = PagedRunner(model, cache, len(rows), prefix if T <= model.block_size else None)  # cropped: no sharing
     try:
-        prefix_logits = None
-        if prefix:
-            cache.add("prefix")
-            added.append("prefix")
-            prefix_logits = paged_forward(model, cache, ["prefix"], as_ids(prefix))
-        logits = []
-        for seq, prompt in zip(seqs, prompts, strict=True):  # prefill: each request alone, at its own length
-            cache.fork("prefix", seq) if prefix else cache.add(seq)
-            added.append(seq)
-            logits.append(paged_forward(model, cache, [seq], as_ids(prompt)) if len(prompt) else prefix_logits)
-        logits = torch.cat(logits)                                       # (n, vocab)
-        out: list[list[int]] = [[] for _ in seqs]
-        for i in range(max_new_tokens):
-            nxt = settings.sample(logits, generator)                     # (n, 1)
-            for row, t in zip(out, nxt[:, 0].tolist(), strict=True):
-                row.append(t)
-            if i + 1 < max_new_tokens:
-                logits = paged_forward(model, cache, seqs, nxt)          # decode: every request, one token each
+        out = generate_ids(model, ids, max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
+                           repetition_penalty=settings.repetition_penalty, generator=generator,
+                           attention_mask=mask if T > min(len(r) for r in rows) else None,
+                           eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id, enc=enc, runner=runner)
     except Exception:
         free = True  # never leave a failed request's blocks behind
         raise
     finally:
         if free:
-            for seq in added:
+            for seq in runner.added:
                 cache.free(seq)
-    return out
+    return out[:, T:].tolist()
 
 
 def contiguous_slots(lengths: Sequence[int], max_len: int | None = None) -> int:

@@ -6,14 +6,14 @@ every step, so `torch.compile` recompiles (chapter 06 counts it). Here nothing c
 
 - the buffers are (n_layer, B, n_head, max_len, head_dim) and attention always reads all of them;
 - the slots to write are a tensor `input_pos` (T,), written with `index_copy_`;
-- the mask is a row of a fixed (max_len, max_len) causal table picked by `input_pos`, so slots
-  not yet written (zeros, or a previous prompt's keys) are never attended;
+- the mask is `layers.slot_mask` (the one mask rule) at the query slots `input_pos` over all max_len
+  slots, so slots not yet written (zeros, or a previous prompt's keys) are never attended;
 - left padding lives in two tensors too: `valid` (B, max_len) and `pad` (B, 1), the number of
   pad slots per row, so each row's rotary position is `slot - pad` (chapter 03's cumsum - 1).
 
-`forward_static(model, cache, ids, input_pos)` runs the model's one forward path (`GPT._run`)
-against this cache; `generate_static` is the greedy/sampling loop; `compile_decode_step` gives a
-`torch.compile`d decode step that dynamo traces once.
+`forward_static(model, cache, ids, input_pos)` runs the one model step (`caches.protocol.step_logits`)
+against this cache; `generate_static` runs the decode loop (`decoding.decode`) with a `StaticRunner`;
+`compile_decode_step` gives a `torch.compile`d decode step that dynamo traces once.
 
 `generate_static(..., compile=True)` is gpt-fast's recipe in one call: the decode step compiled
 whole (fullgraph, static shapes; `mode="reduce-overhead"` = CUDA graphs on CUDA), the prefill
@@ -31,6 +31,10 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from course_lib.caches.protocol import KVLayout, step_logits
+from course_lib.core.checks import check_choice, check_generation_inputs, check_int
+from course_lib.core.layers import slot_mask
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 
 StepFn = Callable[..., torch.Tensor]
@@ -49,19 +53,47 @@ class StaticKVCache(nn.Module):
         shape = (n_layer, batch_size, n_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        # row s of the causal table: the slots <= s
-        self.register_buffer("causal", torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril(), persistent=False)
+        # row s: the slots slot s may attend (the one mask rule as a table; chapter 06's lab reads it)
+        self.register_buffer("causal", slot_mask(torch.arange(max_len, device=device), max_len)[0, 0], persistent=False)
         # valid[b, s] is False at a left-padding slot; pad[b] counts them
         self.register_buffer("valid", torch.ones(batch_size, max_len, dtype=torch.bool, device=device), persistent=False)
         self.register_buffer("pad", torch.zeros(batch_size, 1, dtype=torch.long, device=device), persistent=False)
-        self.max_len, self.batch_size, self.n_layer = max_len, batch_size, n_layer
+        self.max_len, self.n_layer = max_len, n_layer
+        self.length = 0  # slots written, as the loop counts them (graphs never read it: they get input_pos)
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> StaticKVCache:
-        """A cache shaped for `model` (a GPT); max_len defaults to its block_size."""
-        hp = model.h_params
-        return cls(hp["n_layer"], batch_size, hp.get("n_kv_head") or hp["n_head"], model.head_dim,
-                   max_len or model.block_size, device=model.device, dtype=model.tok_emb.weight.dtype)
+    def for_model(cls, model, batch_size: int, max_len: int | None = None,
+                  device: torch.device | str | None = None) -> StaticKVCache:
+        """A cache shaped for `model` (its `kv_layout()`); max_len defaults to its block_size."""
+        lay: KVLayout = model.kv_layout()
+        check_int("batch_size", batch_size, low=1)
+        max_len = check_int("max_len", max_len, low=1, optional=True) or lay.max_len
+        return cls(lay.n_layer, batch_size, lay.n_kv_head, lay.head_dim, max_len,
+                   device=lay.device if device is None else device, dtype=lay.dtype)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def advance(self, t: int) -> None:
+        """Count t more written slots (for the loop; a compiled step writes at input_pos and never reads this)."""
+        self.length += t
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Row i becomes old row rows[i]. The buffers keep their addresses when the batch size stays (a
+        compiled graph or CUDA graph holds them); a new batch size means new buffers, and a new graph."""
+        for name in ("k", "v"):
+            buf = getattr(self, name)
+            if rows.numel() == buf.shape[1]:
+                buf.copy_(buf.index_select(1, rows))
+            else:
+                setattr(self, name, buf.index_select(1, rows))
+        for name in ("valid", "pad"):
+            buf = getattr(self, name)
+            if rows.numel() == buf.shape[0]:
+                buf.copy_(buf.index_select(0, rows))
+            else:
+                setattr(self, name, buf.index_select(0, rows))
 
     def set_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Before a prefill: mark left-padding slots (attention_mask (B, T), 1 = real token) as never attended."""
@@ -79,9 +111,7 @@ class StaticKVCache(nn.Module):
     def mask(self, input_pos: torch.Tensor) -> torch.Tensor:
         """Boolean (B, 1, T, max_len), True = may attend: causal up to the slot, never a pad slot,
         except that a padded query sees itself (a row of all False would make softmax NaN)."""
-        causal = self.causal[input_pos]                                                   # (T, max_len)
-        own = torch.arange(self.max_len, device=input_pos.device)[None, :] == input_pos[:, None]
-        return (causal[None] & (self.valid[:, None, :] | own[None]))[:, None]
+        return slot_mask(input_pos, self.max_len, self.valid)
 
     def reset(self) -> None:
         """Forget the previous sequence (zero the buffers, no padding). Not needed for correctness between
@@ -89,6 +119,7 @@ class StaticKVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
         self.set_padding(None)
+        self.length = 0
 
     def at(self, input_pos: torch.Tensor) -> _StepView:
         """The object `layers.run_blocks` talks to for one step writing at `input_pos`."""
@@ -126,8 +157,7 @@ def forward_static(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: to
     Used for the prefill (T = prompt length, input_pos = arange(T)) and for each decode step (T = 1).
     Every shape depends only on B, T and max_len, so with T = 1 one graph fits every step.
     """
-    h = model._run(ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos))
-    return model.lm_head(h[:, -1, :])
+    return step_logits(model, ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos))
 
 
 class StaticStep(nn.Module):
@@ -223,17 +253,60 @@ def _bucket_or_none(n: int, limit: int) -> int | None:
     return next((b for b in BUCKETS if n <= b <= limit), None)
 
 
+class StaticRunner:
+    """The decode loop's runner for a static cache: a prefill at the window's length (slots 0..T-1), then
+    one step per token at the slot tensor `input_pos`, advanced in place (a compiled step or a CUDA graph
+    always receives the same tensor). Rows never leave the batch: that would be a new shape, a new graph."""
+
+    drops_rows = False
+
+    def __init__(self, model, cache: StaticKVCache, step: StepFn = forward_static, prefill: StepFn = forward_static,
+                 copy_out: bool = False, cuda_graphs: bool = False):
+        self.model, self.cache, self.step_fn, self.prefill_fn = model, cache, step, prefill
+        self.copy_out, self.cuda_graphs = copy_out, cuda_graphs
+        self.input_pos = None
+
+    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        T = window.shape[1]
+        self.cache.set_padding(mask)
+        self.cache.length = 0
+        logits = self.prefill_fn(self.model, self.cache, window, torch.arange(T, device=window.device))
+        self.cache.advance(T)
+        self.input_pos = torch.tensor([T], device=window.device)
+        return logits
+
+    def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
+        token = window[:, -1:].clone(memory_format=torch.contiguous_format)  # strides (1, 1): a view's would recompile
+        logits = self.step_fn(self.model, self.cache, token, self.input_pos)
+        logits = logits.clone() if self.copy_out else logits
+        self.input_pos += 1  # in place: the step always receives the same tensor, with a new value
+        self.cache.advance(1)
+        return logits
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+
+    def sample(self, settings: SamplingSettings, logits: torch.Tensor, generator, draw: str) -> torch.Tensor:
+        return settings.sample(logits, generator, draw)
+
+
 @torch.no_grad()
 def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                     top_p: float | None = None, *, generator: torch.Generator | None = None,
                     attention_mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
                     step: StepFn = forward_static, prefill: StepFn = forward_static,
-                    compile: bool | str = False, mode: str | None = "auto") -> torch.Tensor:
+                    compile: bool | str = False, mode: str | None = "auto", repetition_penalty: float = 1.0,
+                    eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
+                    pad_token_id: int | None = None, enc=None) -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) using a static cache; temperature=0 is greedy.
 
-    `step` runs each decode step (pass `compile_decode_step()` to compile it); `prefill` runs the
-    prompt (eager by default: its shape changes with every prompt length). The cache's max_len
-    must hold T + max_new_tokens: a static cache does not slide (the error says what to do).
+    The decode loop (`decoding.decode.decode_loop`: eos ids, stop strings, repetition penalty, the
+    block_size policy) with a `StaticRunner`. `step` runs each decode step (pass `compile_decode_step()`
+    to compile it); `prefill` runs the prompt (eager by default: its shape changes with every prompt
+    length). The cache's max_len must hold min(T + max_new_tokens, block_size): past block_size the
+    window slides and the window is re-prefilled (as in every loop of the course).
 
     compile=True compiles both (`compiled_steps`): the prompt is left-padded to its bucket in
     `BUCKETS` (the mask hides the padding, positions start at each row's first real token) when the
@@ -241,58 +314,46 @@ def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     reused. compile="decode" compiles the decode step only (eager prefill at the prompt's own length).
     mode: the decode step's torch.compile mode; "auto" = `default_compile_mode(idx.device)`.
     """
-    if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
-    settings = SamplingSettings(temperature, top_k, top_p)
+    check_choice("compile", compile, COMPILE_MODES)
+    settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)
     check_sampling_args(max_new_tokens=max_new_tokens)
+    attention_mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     B, T = idx.shape
-    prompt = idx
+    block = model.block_size
+    n_pad = 0
     if compile:
         mode = default_compile_mode(idx.device) if mode == "auto" else mode
         step, compiled_prefill = compiled_steps(idx.device, mode)
-        limit = model.block_size if cache is None else cache.max_len
+        limit = block if cache is None else min(cache.max_len, block)
         if compile is True and (L := _bucket_or_none(T, limit - max_new_tokens)) is not None:
             prefill = compiled_prefill
+            n_pad = L - T
             idx, attention_mask = pad_left(idx, L, attention_mask)
             T = L
         if cache is None:
-            cache = reused_cache(model, B, _bucket_or_none(T + max_new_tokens, model.block_size) or model.block_size)
+            cache = reused_cache(model, B, _bucket_or_none(min(T + max_new_tokens, block), block) or block)
     cache = StaticKVCache.for_model(model, B) if cache is None else cache
     if cache.batch_size != B:
         raise ValueError(f"cache was built for batch size {cache.batch_size}, got {B}; build one per batch size")
-    if T + max_new_tokens > cache.max_len:
-        raise ValueError(f"{T} prompt + {max_new_tokens} new tokens do not fit a static cache of max_len {cache.max_len}; "
+    need = min(T + max_new_tokens, block)
+    if need > cache.max_len:
+        raise ValueError(f"{T} prompt + {max_new_tokens} new tokens need {need} slots (the window never exceeds "
+                         f"block_size {block}) but the static cache has max_len {cache.max_len}; "
                          "use a longer cache (at most block_size) or fewer new tokens")
-    cache.set_padding(None if attention_mask is None else attention_mask.to(idx.device))
     cuda_graphs = compile and mode == "reduce-overhead"
     # A CUDA-graph step returns the same output buffer every replay: keep a copy. Eager and plain inductor
     # steps return a fresh tensor, and copying B x 100k logits every step costs (a step passed in: be safe).
     copy_out = cuda_graphs or (not compile and step is not forward_static)
+    runner = StaticRunner(model, cache, step, prefill, copy_out, cuda_graphs)
     # Every batch size and cache bucket is a graph of the same function: allow more than dynamo's default 8
     # here only (chapter 06 shows the default limit at work elsewhere).
     limit = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 64)) if compile else nullcontext()
     with limit:
-        return _loop(model, cache, idx, prompt, max_new_tokens, settings, generator, step, prefill, copy_out, cuda_graphs)
-
-
-def _loop(model, cache: StaticKVCache, idx: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int,
-          settings: SamplingSettings, generator: torch.Generator | None, step: StepFn, prefill: StepFn,
-          copy_out: bool, cuda_graphs: bool) -> torch.Tensor:
-    """Prefill idx (B, T), then max_new_tokens sampling steps; returns prompt + the new tokens."""
-    T = idx.shape[1]
-    logits = prefill(model, cache, idx, torch.arange(T, device=idx.device))
-    input_pos = torch.tensor([T], device=idx.device)
-    out = [prompt]
-    for i in range(max_new_tokens):
-        nxt = settings.sample(logits, generator)
-        out.append(nxt)
-        if i + 1 < max_new_tokens:
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may now be overwritten
-            logits = step(model, cache, nxt, input_pos)
-            logits = logits.clone() if copy_out else logits
-            input_pos += 1  # in place: the step always receives the same tensor, with a new value
-    return torch.cat(out, dim=1)
+        out = generate_ids(model, idx, max_new_tokens, settings.temperature, settings.top_k, settings.top_p,
+                           repetition_penalty=settings.repetition_penalty, generator=generator,
+                           attention_mask=attention_mask, eos_token_id=eos_token_id, stop=stop,
+                           pad_token_id=pad_token_id, enc=enc, runner=runner)
+    return out[:, n_pad:]  # the bucket's padding was ours, not the caller's
 
 
 class GraphCounter:

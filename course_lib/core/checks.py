@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 __all__ = ["check_int", "check_float", "check_probability", "check_choice", "check_nonempty",
-           "check_token_ids", "check_attention_mask", "check_pad_id", "is_valid"]
+           "check_token_ids", "check_attention_mask", "check_pad_id", "check_generation_inputs", "is_valid"]
 
 
 def _name(value: Any) -> str:
@@ -87,10 +87,12 @@ def _range(low: int | None, high: int | None) -> str:
     return f">= {low}" if low is not None else f"<= {high}"
 
 
-def check_token_ids(name: str, ids: Any, vocab_size: int, *, allow_empty: bool = False) -> torch.Tensor:
+def check_token_ids(name: str, ids: Any, vocab_size: int, *, allow_empty: bool = False,
+                    check_values: bool = True) -> torch.Tensor:
     """A (B, T) integer tensor of ids in [0, vocab_size). Out-of-range ids would index past the
     embedding table (a raw IndexError on the CPU, a device-side assert on CUDA); float ids would
-    be silently truncated by some ops."""
+    be silently truncated by some ops. check_values=False checks type and shape only (no data read:
+    a tensor on the `meta` device has none)."""
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of token ids with shape (batch, length), got {type(ids).__name__}")
     if ids.dtype == torch.bool or ids.dtype.is_floating_point or ids.dtype.is_complex:
@@ -100,7 +102,7 @@ def check_token_ids(name: str, ids: Any, vocab_size: int, *, allow_empty: bool =
                          "for one prompt use ids[None] or ids.unsqueeze(0)")
     if ids.shape[0] == 0 or (ids.shape[1] == 0 and not allow_empty):
         raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}): give at least one prompt token")
-    if ids.numel():
+    if ids.numel() and check_values:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= vocab_size:
             bad = lo if lo < 0 else hi
@@ -108,13 +110,17 @@ def check_token_ids(name: str, ids: Any, vocab_size: int, *, allow_empty: bool =
     return ids
 
 
-def check_attention_mask(mask: Any, ids: torch.Tensor, *, left_padded: bool = True) -> torch.Tensor:
+def check_attention_mask(mask: Any, ids: torch.Tensor, *, left_padded: bool = True,
+                         check_values: bool = True) -> torch.Tensor:
     """A 0/1 mask with the ids' shape; with `left_padded`, each row's ones form one run that ends at
-    the last column (padding on the left, as batched decoding requires) and no row is all zeros."""
+    the last column (padding on the left, as batched decoding requires) and no row is all zeros.
+    check_values=False checks type and shape only."""
     if not isinstance(mask, torch.Tensor):
         raise ValueError(f"attention_mask must be a torch.Tensor of 0/1 with shape {tuple(ids.shape)}, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(ids.shape):
         raise ValueError(f"attention_mask must have the ids' shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
+    if not check_values:
+        return mask.to(torch.long)
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (token); got other values such as "
                          f"{float(mask[(mask != 0) & (mask != 1)][0])!r}")
@@ -142,3 +148,24 @@ def is_valid(check: Callable[..., Any], value: Any, **rules: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_generation_inputs(idx: Any, vocab_size: int, attention_mask: Any = None,
+                            pad_token_id: Any = None) -> torch.Tensor | None:
+    """What every generation entry point checks first: ids (B, T >= 1) inside the vocabulary, a 0/1
+    left-padded mask of the same shape, a pad id in range. Returns the mask as torch.long (or None).
+
+    Reading the values waits for the device once per call (never per step); a `meta` tensor (shapes
+    only, used to test device code without a GPU) has no values, so only its type and shape are checked."""
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[1] == 0:
+        raise ValueError(f"idx is an empty prompt (shape {tuple(idx.shape)}); start from the <|endoftext|> token "
+                         "(encode_prompt does this for \"\")")
+    values = not (isinstance(idx, torch.Tensor) and idx.device.type == "meta")
+    check_token_ids("idx", idx, vocab_size, check_values=values)
+    check_pad_id(pad_token_id, vocab_size)
+    if attention_mask is None:
+        return None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"attention_mask must be a torch.Tensor of 0/1 with shape {tuple(idx.shape)}, "
+                         f"got {type(attention_mask).__name__}")
+    return check_attention_mask(attention_mask.to(idx.device), idx, check_values=values)

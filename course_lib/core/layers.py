@@ -195,26 +195,33 @@ def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, rope: tuple[torch.T
 
 
 # ------------------------------------------------------------------------------- masks
+def slot_mask(q_slots: torch.Tensor, n_keys: int, key_valid: torch.Tensor | None = None,
+              causal: bool = True) -> torch.Tensor:
+    """THE mask rule, used by every cache (contiguous, static, paged) and by a forward pass without one.
+
+    q_slots (T,) or (B, T): the slot each new query sits at; keys are slots 0 .. n_keys - 1. Returns a
+    boolean (B or 1, 1, T, n_keys), True = "may attend": a causal query sees every slot <= its own;
+    key_valid (B, >= n_keys) marks real tokens with 1, and padding is never attended, except that a
+    query always sees its own slot (a padded query would otherwise see nothing: softmax of all -inf
+    is NaN; its output is garbage and never read).
+    """
+    q = q_slots if q_slots.dim() == 2 else q_slots[None]                      # (B or 1, T)
+    k_slot = torch.arange(n_keys, device=q.device)[None, None, :]              # (1, 1, n_keys)
+    own = k_slot == q[:, :, None]                                              # (B or 1, T, n_keys)
+    mask = (k_slot <= q[:, :, None]) if causal else torch.ones_like(own)
+    if key_valid is not None:
+        mask = (mask & key_valid[:, None, :n_keys].bool()) | own
+    return mask[:, None]
+
+
 def attend_mask(q_len: int, start: int = 0, key_padding: torch.Tensor | None = None, causal: bool = True,
                 device: torch.device | str | None = None) -> torch.Tensor:
-    """The one mask rule: boolean (B or 1, 1, q_len, start + q_len), True = "may attend".
-
-    New query j sits at slot start + j; causal queries see every slot <= their own. key_padding
-    (B, >= start + q_len) marks real tokens with 1, and padding is never attended, except that a
-    padded query may attend to itself: it would otherwise see nothing (softmax of all -inf is
-    NaN); its output is garbage and never read. Without a cache start is 0 (`padding_mask`).
-    """
-    total = start + q_len
+    """`slot_mask` for q_len new queries after `start` cached tokens (slots start .. start + q_len - 1):
+    boolean (B or 1, 1, q_len, start + q_len). key_padding (B, >= start + q_len): 1 = real token.
+    Without a cache start is 0 (`padding_mask`)."""
     if key_padding is not None:
         device = key_padding.device
-    q_slot = torch.arange(start, total, device=device)[:, None]
-    k_slot = torch.arange(total, device=device)[None, :]
-    mask = (k_slot <= q_slot) if causal else torch.ones(q_len, total, dtype=torch.bool, device=device)
-    mask = mask[None, None]  # (1, 1, q_len, total)
-    if key_padding is not None:
-        keep = key_padding[:, None, None, :total].bool()
-        mask = (mask & keep) | (k_slot == q_slot)[None, None]
-    return mask
+    return slot_mask(torch.arange(start, start + q_len, device=device), start + q_len, key_padding, causal)
 
 
 def padding_mask(attention_mask: torch.Tensor, causal: bool = True) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from course_lib.core.checks import check_int
 from course_lib.core.paths import display_path
 from course_lib.decoding.decode import encode_prompt, generate_ids
 from course_lib.decoding.sampling import check_sampling_args
@@ -74,8 +75,7 @@ def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temp
         raise ValueError("prompts must be a list of strings, got a single string; wrap it: [prompt]")
     if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
         raise TypeError(f"prompts must be a list of strings, got {prompts!r:.60}; e.g. ['Meadow Farm', '农夫山泉']")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, low=1)
     check_sampling_args(temperature, top_k, top_p, max_new_tokens, repetition_penalty)  # before any work
     check_stopping_args(eos_token_id, stop)
     from tqdm.auto import tqdm  # imported here: only the batch path needs it

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_lib.core.checks import check_generation_inputs
+from course_lib.decoding.runners import CachedRunner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import check_stopping_args
 
@@ -102,15 +104,6 @@ class BeamResult:
     rows_processed: int            # sum over steps of the rows fed through the model (the cost)
 
 
-def _reorder_cache(cache, rows: torch.Tensor) -> None:
-    """Make cache row i hold what row rows[i] held (beams that survived are copied, others dropped).
-
-    Only the filled positions are copied: the buffer holds block_size positions, a listing a few dozen."""
-    filled = cache.length
-    cache.k[:, :, :, :filled] = cache.k[:, rows, :, :filled]
-    cache.v[:, :, :, :filled] = cache.v[:, rows, :, :filled]
-
-
 @torch.no_grad()
 def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *, length_penalty: float = 1.0,
                 eos_token_id: int | list[int] | None = None, early_stopping: bool | str = False,
@@ -120,8 +113,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
     check_beam_args(num_beams, length_penalty, early_stopping)
     check_sampling_args(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     eos, _ = check_stopping_args(eos_token_id, None)
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must be (batch, T) with T >= 1, got shape {tuple(idx.shape)}")
+    attention_mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     if max_new_tokens == 0:
         return BeamResult(idx, [0.0] * idx.shape[0], [0.0] * idx.shape[0], [[] for _ in range(idx.shape[0])], 0, 0)
@@ -135,16 +127,17 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
     hyps = [BeamHypotheses(K, float(length_penalty), early_stopping, max_new_tokens) for _ in range(B)]
     done = [False] * B
     eos_set = set(eos)
-    cache, steps, rows_processed = None, 0, 0
+    # The decode loop's runners run each step (the same cache and step as every other method); beam search keeps
+    # its own loop around them because it chooses K candidates per row from K * vocab, not one token per row.
+    runner = CachedRunner(model) if use_cache else UncachedRunner(model)
+    steps, rows_processed = 0, 0
     for step in range(max_new_tokens):
         window = x[:, -block:]
         wmask = None if mask is None else mask[:, -block:]
-        if not use_cache:
-            logits = model(window, attention_mask=wmask)[:, -1, :]
-        elif cache is None or x.shape[1] > block:
-            logits, cache = model.prefill(window, attention_mask=wmask, cache=cache)
+        if step == 0 or x.shape[1] > block:
+            logits = runner.prefill(window, wmask)
         else:
-            logits = model.decode_step(x[:, -1:], cache, attention_mask=wmask)
+            logits = runner.step(window, wmask)
         steps, rows_processed = steps + 1, rows_processed + x.shape[0]
         if repetition_penalty != 1.0:
             logits = settings.penalise(logits, window, wmask)
@@ -188,8 +181,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
         if mask is not None:
             mask = torch.cat([mask.index_select(0, rows), torch.ones(B * K, 1, dtype=mask.dtype, device=dev)], dim=1)
         beam_scores = torch.tensor(new_scores, dtype=torch.float64, device=dev).view(B, K)
-        if cache is not None:
-            _reorder_cache(cache, rows)
+        runner.select_rows(rows)  # cache row i now holds the beam it extends
         if all(done):
             break
     # Rows still searching: their live beams are hypotheses too (at the length they reached).

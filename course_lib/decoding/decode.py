@@ -1,11 +1,27 @@
-"""The decode loop: append tokens one sampling step at a time, with or without a KV cache.
+"""THE decode loop: every generation method of the course appends tokens through `decode_loop`.
 
-`generate_ids` is the loop every generation path uses (`GPT.generate`, the trace, the streamer,
-batching). It checks the sampling arguments once, then per step: run the model (the whole window
-without a cache; prefill then one token per step with one), apply the repetition penalty, sample.
-`on_step` and `stop_when` are the hooks the trace, the streamer and batching plug into.
-`eos_token_id` and `stop` end rows early (see `stopping`): a finished row emits padding, its
-sampled token is discarded, and the loop ends when every row is finished.
+One loop owns prefill, the step, sampling, the repetition penalty, eos ids and stop strings, finished
+rows, the step hooks (trace, streamer, batching) and the length policy at `block_size`. What differs
+between methods plugs in as a *runner* (`Runner`): which cache it keeps and how a step runs:
+
+- `CachedRunner`: chapter 03's contiguous `KVCache` through `model.prefill` / `model.decode_step`
+  (also the tensor-parallel shard, whose `TPGPT` has the same two methods);
+- `UncachedRunner`: no cache, the whole window every step (the fair baseline);
+- `static_cache.StaticRunner` (eager or compiled steps), `paged_cache.PagedRunner`,
+  `distributed.tp_gpt.TPRunner` (a distributed argmax picks the token), the chapter-06 engine's runner.
+
+Beam search (`beam`) keeps its own loop around the same runners and caches: it picks K candidates per
+row out of K x vocab and reorders cache rows, where this loop appends one token per row. Speculative
+decoding (`speculative`) appends 1 .. k + 1 tokens per round; its docstring says what it shares.
+
+The length policy, the same for every runner: a prompt longer than block_size keeps its last
+block_size tokens, with a warning; when prompt + new tokens cross block_size the window slides, every
+position changes and cached keys are stale, so the runner re-prefills the last block_size tokens each
+step: exactly what the plain loop computes, so every runner keeps giving the same greedy tokens.
+
+`generate_ids` checks every argument (`core.checks`) and runs the loop; `generate` adds beam search
+(`GPT.generate` calls it). `eos_token_id` and `stop` end rows early (see `stopping`): a finished row
+emits padding, its sampled token is discarded, and the loop ends when every row is finished.
 """
 
 from __future__ import annotations
@@ -16,6 +32,8 @@ from collections.abc import Callable
 
 import torch
 
+from course_lib.core.checks import check_generation_inputs
+from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
 
@@ -78,7 +96,7 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
                  use_cache: bool = True, attention_mask: torch.Tensor | None = None,
                  on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None,
                  eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None,
-                 pad_token_id: int | None = None, draw: str = "multinomial") -> torch.Tensor:
+                 pad_token_id: int | None = None, draw: str = "multinomial", runner: Runner | None = None) -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) and return (B, T + max_new_tokens).
 
     use_cache=False is the plain loop: re-run the last block_size tokens for every new token, with
@@ -100,9 +118,11 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     for the device, so it runs every STOP_CHECK_EVERY tokens: a few padding-only steps may run (and
     reach on_step), then are trimmed, so the result is the one the CPU returns.
     draw chooses the random draw (`SamplingSettings.sample`): "multinomial" or "inverse_cdf".
+    runner: how steps run (see the module docstring); default `CachedRunner` (use_cache) or `UncachedRunner`.
     """
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)  # checked once, used every step
     check_sampling_args(max_new_tokens=max_new_tokens)
+    mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     warn_if_training(model)
     if stop is not None and enc is None:
         from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
@@ -110,15 +130,21 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     stopper = StopCriteria(idx.shape[0], eos_token_id, stop, enc, device=idx.device)
     if pad_token_id is None:
         pad_token_id = stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must be (batch, T) with T >= 1, got shape {tuple(idx.shape)}; "
-                         "an empty prompt should start from the <|endoftext|> token (see encode_prompt)")
-    block = model.block_size
-    if idx.shape[1] > block:
-        warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {block}: "
-                      f"the model sees only the last {block}", stacklevel=2)
-    mask = None if attention_mask is None else attention_mask.to(idx.device).long()
-    cache = None
+    if idx.shape[1] > model.block_size:
+        warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {model.block_size}: "
+                      f"the model sees only the last {model.block_size}", stacklevel=2)
+    if runner is None:
+        runner = CachedRunner(model) if use_cache else UncachedRunner(model)
+    return decode_loop(model.block_size, idx, max_new_tokens, settings, runner, generator=generator, mask=mask,
+                       on_step=on_step, stop_when=stop_when, stopper=stopper, pad_token_id=pad_token_id, draw=draw)
+
+
+def decode_loop(block: int, idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings, runner: Runner, *,
+                generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None,
+                stopper: StopCriteria | None = None, pad_token_id: int = 0, draw: str = "multinomial") -> torch.Tensor:
+    """The loop itself, for arguments already checked (see `generate_ids`): idx (B, T) → (B, T + new)."""
+    stopper = StopCriteria(idx.shape[0], None, None, None, device=idx.device) if stopper is None else stopper
     B = idx.shape[0]
     rows = None  # the rows still generating, once some have finished (None = all): only they are computed
     # On a device, reading "how many rows are still going?" every token would stall the GPU each step:
@@ -130,16 +156,14 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
         cmask = mask if mask is None or rows is None else mask.index_select(0, rows)
         window = cur[:, -block:]
         wmask = None if cmask is None else cmask[:, -block:]
-        if not use_cache:
-            logits = model(window, attention_mask=wmask, last_only=True)[:, -1, :]  # head at the last position only
-        elif cache is None or cur.shape[1] > block:  # first step, or the window slid: (re)prefill
-            logits, cache = model.prefill(window, attention_mask=wmask, cache=cache)
+        if step == 0 or cur.shape[1] > block:  # first step, or the window slid: (re)prefill
+            logits = runner.prefill(window, wmask)
         else:  # the usual step: one token in, the cache holds everything before it
-            logits = model.decode_step(cur[:, -1:], cache, attention_mask=wmask)
+            logits = runner.step(window, wmask)
         adjusted = logits
-        if repetition_penalty != 1.0:
+        if settings.repetition_penalty != 1.0:
             adjusted = settings.penalise(logits, window, wmask)
-        nxt = settings.sample(adjusted, generator, draw)
+        nxt = runner.sample(settings, adjusted, generator, draw)
         if rows is not None:  # back to the full batch: finished rows get padding
             nxt = torch.full((B, 1), pad_token_id, dtype=nxt.dtype, device=nxt.device).index_copy_(0, rows, nxt)
             if on_step is not None:
@@ -158,14 +182,39 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
             n_active = int((~done).sum()) if (step + 1) % check_every == 0 else -1  # a host sync
             if n_active == 0:
                 break
-            if 0 < n_active < (B if rows is None else rows.numel()):  # rows finished: drop them from the batch
+            if runner.drops_rows and 0 < n_active < (B if rows is None else rows.numel()):  # drop finished rows
                 local = (~done if rows is None else (~done).index_select(0, rows)).nonzero()[:, 0]
                 rows = (~done).nonzero()[:, 0]
-                if cache is not None:
-                    cache.k, cache.v = cache.k.index_select(1, local), cache.v.index_select(1, local)
-                    cache.batch_size = rows.numel()
+                runner.select_rows(local)
         if stop_when is not None and stop_when(nxt):
             break
     if check_every > 1 and stopper.active and (end := int(all_done_at)) >= 0:  # one sync, after the loop
         idx = idx[:, :prompt_len + end + 1]  # the steps after every row finished added only padding
     return idx
+
+
+@torch.no_grad()
+def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, generator: torch.Generator | None = None, *, repetition_penalty: float = 1.0,
+             use_cache: bool = True, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
+             length_penalty: float = 1.0, early_stopping: bool | str = False,
+             eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
+             pad_token_id: int | None = None) -> torch.Tensor:
+    """`GPT.generate`: the decode loop, or beam search when num_beams > 1 (see `GPT.generate`)."""
+    from course_lib.decoding.beam import beam_search, check_beam_args  # beam search builds on this module
+
+    check_beam_args(num_beams, length_penalty, early_stopping)
+    if num_beams > 1:
+        if top_k is not None or (top_p is not None and top_p < 1.0):
+            raise ValueError("top_k/top_p filter a sampling step; beam search does not sample "
+                             "(use num_beams=1 to sample, or drop top_k/top_p)")
+        if stop is not None:
+            raise ValueError("stop strings are not supported with num_beams > 1; pass eos_token_id "
+                             "(e.g. the id of '\\n' to end a listing)")
+        return beam_search(model, idx, max_new_tokens, num_beams, length_penalty=length_penalty,
+                           eos_token_id=eos_token_id, early_stopping=early_stopping,
+                           repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
+                           attention_mask=attention_mask, use_cache=use_cache).sequences
+    return generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
+                        generator=generator, use_cache=use_cache, attention_mask=attention_mask,
+                        eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)

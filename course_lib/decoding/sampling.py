@@ -10,7 +10,7 @@ behaviour students expect and a common crash elsewhere (division by zero, NaN in
 step. The functions `filter_logits`, `apply_repetition_penalty` and `sample_next` are the same
 operations for a single call. The loops built on this step live in their own modules:
 `decode` (the loop), `trace` (every step's candidates), `streaming` (UTF-8-safe text out) and
-`batching` (`generate_batch`, also importable from here as the public API names it).
+`batching` (`generate_batch`, importable from the package top level: `from course_lib import generate_batch`).
 """
 
 from __future__ import annotations
@@ -184,12 +184,3 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 draw: str = "multinomial") -> torch.Tensor:
     """Next token ids (B, 1) from last-position logits (B, vocab); see `SamplingSettings.sample`."""
     return SamplingSettings(temperature, top_k, top_p).sample(logits, generator, draw)
-
-
-def __getattr__(name: str):
-    # The public API (COURSE_DESIGN.md) names course_lib.decoding.sampling.generate_batch; it lives in
-    # `batching`, which imports this module, so it is looked up lazily instead of at import time.
-    if name == "generate_batch":
-        from course_lib.decoding.batching import generate_batch
-        return generate_batch
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

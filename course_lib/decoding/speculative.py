@@ -28,6 +28,13 @@ the query, so stale keys are never read. A round's draft calls start over the la
 (re)writes the slot of the previous round's last guess d_k, so no round spends a (k + 1)-th draft call only to
 cache d_k. With fixed shapes a greedy round (k draft calls and the (k + 1)-position verify) compiles to one
 graph per k (`compile=True`), so no Python runs between its calls.
+
+Why its own loop and not a runner of `decoding.decode.decode_loop`: that loop appends exactly one token per
+row per step, while a round here appends 1 .. k + 1 tokens, decided by comparing the drafter's guesses with
+the target's verify; and rolling back a rejected suffix is a move of the write position, not a cache row
+selection. What it shares with every method: the cache protocol (`StaticKVCache.for_model`, its mask rule),
+the one model step (`caches.protocol.step_logits`), the sampling step (`SamplingSettings`), the argument
+checks, and the loop itself past block_size (`_finish` hands the sliding window to `generate_ids`).
 """
 
 from __future__ import annotations
@@ -38,8 +45,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from course_lib.caches.protocol import step_logits
 from course_lib.caches.static_cache import StaticKVCache
+from course_lib.core.checks import check_generation_inputs, check_int
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.stopping import StopCriteria
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
            "accept_greedy", "accept_sampled", "verify_static", "draft_step_greedy", "verify_greedy"]
@@ -111,8 +122,7 @@ def verify_static(model, cache: StaticKVCache, ids: torch.Tensor, input_pos: tor
     """Logits (B, T, vocab) at *every* position of ids (B, T) written at slots input_pos (T,).
 
     `static_cache.forward_static` keeps only the last position; verification needs all k + 1."""
-    h = model._run(ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos))
-    return model.lm_head(h)
+    return step_logits(model, ids, cache.positions(input_pos), cache.mask(input_pos), cache.at(input_pos), last_only=False)
 
 
 def _draft_vocab(target, draft) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -191,22 +201,27 @@ def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, l
 
 def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
     check_sampling_args(max_new_tokens=max_new_tokens)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (tokens drafted per round) must be an int >= 1, got {k!r}; k=4 is a good start")
-    if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] == 0:
+    check_int("k (tokens drafted per round; k=4 is a good start)", k, low=1)
+    check_generation_inputs(idx, target.h_params["vocab_size"])
+    if idx.shape[0] != 1:
         raise ValueError(f"speculative decoding runs one sequence: idx must be (1, T) with T >= 1, got {tuple(idx.shape)}; "
                          "loop over the rows (acceptance differs per row)")
-    if idx.shape[1] > target.block_size:
-        raise ValueError(f"prompt of {idx.shape[1]} tokens exceeds block_size {target.block_size}; keep the last "
-                         f"{target.block_size} tokens")
+    if idx.shape[1] > target.block_size:  # the policy of every loop: warn, then the window keeps the last block_size
+        warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {target.block_size}: "
+                      f"the model sees only the last {target.block_size}", stacklevel=3)
+
+
+def _stopper(eos_token_id, stop, enc, device) -> tuple[StopCriteria, object]:
+    if stop is not None and enc is None:
+        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
+        enc = get_encoding()
+    return StopCriteria(1, eos_token_id, stop, enc, device=device), enc
 
 
 def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings,
             generator, stats: SpecStats) -> torch.Tensor:
     """Crop to max_new_tokens; past block_size the window slides (every position changes, caches are
     stale): the rest is the target's own loop, which is what target.generate does there too."""
-    from course_lib.decoding.decode import generate_ids
-
     out = torch.tensor([seq[:idx.shape[1] + max_new_tokens]], dtype=idx.dtype, device=idx.device)
     left = idx.shape[1] + max_new_tokens - out.shape[1]
     if left > 0:
@@ -219,20 +234,28 @@ def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, sett
 
 
 def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settings: SamplingSettings,
-         generator, compile: bool | str, stats: SpecStats) -> torch.Tensor:
+         generator, compile: bool | str, stats: SpecStats, stopper: StopCriteria) -> torch.Tensor:
     """The speculative loop shared by both drafters (see the module docstring)."""
     dev = idx.device
     T = idx.shape[1]
     block = target.block_size
-    tcache = StaticKVCache.for_model(target, 1)
     seq = idx[0].tolist()
+    if T > block:  # nothing to speculate in a sliding window: the plain loop (see _finish)
+        return _finish(target, seq, idx, max_new_tokens, settings, generator, stats)
+    tcache = StaticKVCache.for_model(target, 1)
     with torch.no_grad():
         logits = verify_static(target, tcache, idx, torch.arange(T, device=dev))[:, -1]
         stats.target_calls += 1
         seq.append(int(settings.sample(logits, generator)))
         drafter.prefill(idx)
         # seq[-1] is pending (not in the caches yet); the target's cache holds len(seq) - 1 slots
+        fed = T  # new tokens up to here went through the stopper
         while len(seq) - T < max_new_tokens and len(seq) <= block:
+            if stopper.active:
+                if _stops_at(stopper, seq[fed:]) is not None:  # an eos id or a stop string: later tokens are cut
+                    stats.new_tokens = len(seq) - T
+                    return torch.tensor([seq], dtype=idx.dtype, device=dev)
+                fed = len(seq)
             room = block - len(seq)                  # the verify writes slots len(seq)-1 .. +k
             kk = min(k, room, T + max_new_tokens - len(seq))
             L = len(seq) - 1
@@ -250,6 +273,22 @@ def _run(target, drafter, idx: torch.Tensor, max_new_tokens: int, k: int, settin
             stats.record(drafted, n, tok)
             seq.extend(drafted[:n] + [tok])
     return _finish(target, seq, idx, max_new_tokens, settings, generator, stats)
+
+
+def _stops_at(stopper: StopCriteria, tokens: list[int]) -> int | None:
+    """Feed tokens to the (one-row) stopper; the index of the token that finishes the row, or None."""
+    for i, t in enumerate(tokens):
+        if bool(stopper.update(torch.tensor([[t]], device=stopper.done.device))[0]):
+            return i
+    return None
+
+
+def _cut_at_stop(out: torch.Tensor, T: int, eos_token_id, stop, enc) -> torch.Tensor:
+    """The decode loop's rule for one row: the output ends with the token that finished it (eos id or the
+    end of a stop string), checked over every new token from the start."""
+    stopper = StopCriteria(1, eos_token_id, stop, enc, device=out.device)
+    end = _stops_at(stopper, out[0, T:].tolist()) if stopper.active else None
+    return out if end is None else out[:, :T + end + 1]
 
 
 class _ModelDrafter:
@@ -361,7 +400,8 @@ class _LookupDrafter:
 @torch.no_grad()
 def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = 0.0,
                          top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-                         *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False):
+                         *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False,
+                         eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
     """Append max_new_tokens tokens to idx (1, T) with `draft` proposing k tokens per target forward pass.
 
     Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
@@ -374,7 +414,9 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
     settings = SamplingSettings(temperature, top_k, top_p)
     _check_args(target, idx, max_new_tokens, k)
     stats = SpecStats(k, keep_rounds=keep_rounds)
-    out = _run(target, _ModelDrafter(target, draft), idx, max_new_tokens, k, settings, generator, compile, stats)
+    stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
+    out = _run(target, _ModelDrafter(target, draft), idx, max_new_tokens, k, settings, generator, compile, stats, stopper)
+    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
     return (out, stats) if return_stats else out
 
 
@@ -382,13 +424,16 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
 def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_tokens: int = 8, max_ngram: int = 2,
                            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                            generator: torch.Generator | None = None, *, compile: bool = False,
-                           return_stats: bool = False, keep_rounds: bool = False):
+                           return_stats: bool = False, keep_rounds: bool = False,
+                           eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
     """Speculative decoding with prompt lookup as the drafter (HF `prompt_lookup_num_tokens=num_tokens`,
     `max_matching_ngram_size=max_ngram`). Same guarantees as `speculative_generate`."""
     settings = SamplingSettings(temperature, top_k, top_p)
     _check_args(target, idx, max_new_tokens, num_tokens)
-    if isinstance(max_ngram, bool) or not isinstance(max_ngram, int) or max_ngram < 1:
-        raise ValueError(f"max_ngram must be an int >= 1, got {max_ngram!r}")
+    check_int("max_ngram", max_ngram, low=1)
     stats = SpecStats(num_tokens, keep_rounds=keep_rounds)
-    out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats)
+    stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
+    out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats,
+               stopper)
+    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
     return (out, stats) if return_stats else out

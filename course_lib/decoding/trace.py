@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from course_lib.core.checks import check_int
 from course_lib.decoding.decode import encode_prompt, generate_ids
 from course_lib.decoding.sampling import SamplingSettings
 from course_lib.text.tokenizer import show_token, token_bytes
@@ -71,8 +72,7 @@ def generate_with_trace(model, enc, prompt: str, max_new_tokens: int, temperatur
                         generator: torch.Generator | None = None, n_candidates: int = 5) -> GenerationTrace:
     """Generate from one prompt and record every step: the n most likely tokens with their
     probability before and after filtering, the chosen token, and the text so far."""
-    if isinstance(n_candidates, bool) or not isinstance(n_candidates, int) or n_candidates < 1:
-        raise ValueError(f"n_candidates must be an int >= 1, got {n_candidates!r}")
+    check_int("n_candidates", n_candidates, low=1)
     settings = SamplingSettings(temperature, top_k, top_p, repetition_penalty)
     ids = encode_prompt(enc, prompt, model.block_size)
     trace = GenerationTrace(prompt, dict(temperature=temperature, top_k=top_k, top_p=top_p,

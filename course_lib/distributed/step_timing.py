@@ -51,7 +51,7 @@ def time_rank(model, comm: Comm, steps: int, warmup: int) -> dict:
     idx = torch.tensor([PROMPT_IDS])
     cache = tp.new_cache(1, len(PROMPT_IDS) + warmup + steps + 2)
     with torch.no_grad():
-        token = tp.argmax(tp.prefill(idx, cache))
+        token = tp.argmax(tp.prefill(idx, cache=cache)[0])
         tp_step = lambda t: tp.argmax(tp.decode_step(t, cache))  # noqa: E731
         _time_steps(tp_step, token, warmup)
         comm.reset_stats()

@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from course_lib.caches.kv_cache import KVCache
-from course_lib.core.layers import default_positions, rope_angles, run_blocks
-from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.caches.protocol import KVLayout, KVStep
+from course_lib.core.layers import rope_angles, run_blocks
+from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.runners import CachedRunner
+from course_lib.decoding.sampling import SamplingSettings
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.process_group import check_divides
 from course_lib.distributed.tp_layers import TPBlock, VocabParallelTable
@@ -61,27 +63,27 @@ class TPGPT(nn.Module):
     def device(self) -> torch.device:
         return self.table.weight.device
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return KVCache(len(self.blocks), batch_size, self.n_local_kv_heads, self.head_dim, max_len or self.block_size,
-                       device=self.device, dtype=self.table.weight.dtype)
+    def kv_layout(self) -> KVLayout:
+        """This rank's cache: its own key/value heads only."""
+        return KVLayout(len(self.blocks), self.n_local_kv_heads, self.head_dim, self.block_size,
+                        self.device, self.table.weight.dtype)
 
-    def _run(self, idx: torch.Tensor, position_ids: torch.Tensor, mask, cache: KVCache) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                      cache: KVStep | None = None) -> torch.Tensor:
+        """`GPT.hidden_states` on this rank's shard (the blocks all-reduce their partial sums)."""
         rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
         return self.norm(run_blocks(self.blocks, self.table.embed(idx), rope, mask, cache))
 
-    @torch.no_grad()
-    def prefill(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Prompt (B, T) into an emptied cache -> this rank's last-position logits (B, v1 - v0)."""
-        B, T = idx.shape
-        cache.reset()
-        h = self._run(idx, default_positions(B, T, 0, None, idx.device), cache.attn_mask(T), cache)
-        return self.table.local_logits(h[:, -1, :])
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the logits (B, ..., v1 - v0)."""
+        return self.table.local_logits(h)
 
-    @torch.no_grad()
-    def decode_step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per row (B, 1) -> this rank's logits (B, v1 - v0)."""
-        pos = default_positions(token.shape[0], 1, cache.length, None, token.device)
-        return self.table.local_logits(self._run(token, pos, None, cache)[:, -1, :])
+    # The same cache, positions, masks and step as the single-process model: only hidden_states and lm_head
+    # differ, so the shard reuses GPT's methods instead of a second copy. prefill -> (this rank's logit slice
+    # (B, v1 - v0), cache); decode_step -> the slice.
+    new_cache = GPT.new_cache
+    prefill = GPT.prefill
+    decode_step = GPT.decode_step
 
     def argmax(self, local: torch.Tensor) -> torch.Tensor:
         """Distributed argmax of (B, v_local) slices -> global ids (B, 1), identical on every rank."""
@@ -100,27 +102,28 @@ class TPGPT(nn.Module):
         return settings.sample(self.full_logits(local), generator)
 
 
+class TPRunner(CachedRunner):
+    """The decode loop's runner on a shard: GPT's cached steps return this rank's logit slice, and the
+    token is chosen by `TPGPT.next_token` (a distributed argmax, or the gathered row sampled alike on
+    every rank). Every rank runs the same loop, so every rank appends the same tokens."""
+
+    def sample(self, settings: SamplingSettings, logits: torch.Tensor, generator, draw: str) -> torch.Tensor:
+        return self.model.next_token(logits, settings, generator)
+
+
 @torch.no_grad()
 def tp_generate(model: TPGPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, *, attention_mask: torch.Tensor | None = None,
+                eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
+                pad_token_id: int | None = None, enc=None) -> torch.Tensor:
     """Append max_new_tokens tokens to idx (B, T) on every rank; the same tokens as GPT.generate with
     the same arguments and a generator in the same state (greedy: token-exact by construction of the
-    argmax, up to the float rounding of the all-reduced sums)."""
-    settings = SamplingSettings(temperature, top_k, top_p)
-    check_sampling_args(max_new_tokens=max_new_tokens)
-    if idx.shape[1] + max_new_tokens > model.block_size:
-        raise ValueError(f"prompt ({idx.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context "
-                         f"of {model.block_size}; ask for fewer tokens")
-    if max_new_tokens == 0:
-        return idx
-    cache = model.new_cache(idx.shape[0], idx.shape[1] + max_new_tokens)
-    nxt = model.next_token(model.prefill(idx, cache), settings, generator)
-    out = [idx, nxt]
-    for _ in range(max_new_tokens - 1):
-        nxt = model.next_token(model.decode_step(nxt, cache), settings, generator)
-        out.append(nxt)
-    return torch.cat(out, dim=1)
+    argmax, up to the float rounding of the all-reduced sums). The decode loop of every method
+    (`decoding.decode`: eos ids, stop strings, left-padded batches, the block_size policy) with a `TPRunner`."""
+    return generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, generator=generator,
+                        attention_mask=attention_mask, eos_token_id=eos_token_id, stop=stop,
+                        pad_token_id=pad_token_id, enc=enc, runner=TPRunner(model))
 
 
 def weight_bytes(module: nn.Module) -> int:

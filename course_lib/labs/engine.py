@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from course_lib.caches.static_cache import StaticKVCache, StaticStep
+from course_lib.core.checks import check_choice, check_token_ids
+from course_lib.decoding.decode import generate_ids
 
 Design = Literal["phase-flag", "inputs"]
 DESIGNS = ("phase-flag", "inputs")
@@ -36,8 +38,7 @@ class Engine:
     """A batch-1 text engine over a static cache with one exported graph per phase (built on first use)."""
 
     def __init__(self, model, design: Design = "inputs", max_len: int = 64):
-        if design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+        check_choice("design", design, DESIGNS)
         self.model, self.design = model, design
         self.cache = StaticKVCache.for_model(model, 1, max_len)
         self._step = StaticStep(model, self.cache)
@@ -66,9 +67,15 @@ class Engine:
         A step at position 0 starts a new sequence. design="phase-flag" runs the graph of the current
         phase and then moves to "increment" (seed 002's engine); design="inputs" picks the graph from T.
         """
-        pos = position_ids.reshape(-1).to(input_ids.device)
+        check_token_ids("input_ids", input_ids, self.model.h_params["vocab_size"])
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"the engine runs batch 1: input_ids must be (1, T), got {tuple(input_ids.shape)}")
+        pos = torch.as_tensor(position_ids).reshape(-1).to(input_ids.device)
         if pos.numel() != input_ids.shape[1]:
             raise ValueError(f"position_ids must give one position per input token ({input_ids.shape[1]}), got {pos.numel()}")
+        if pos.dtype.is_floating_point or (pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.cache.max_len)):
+            raise ValueError(f"position_ids must be integer slots in [0, {self.cache.max_len}) (the engine's max_len), got "
+                             f"{pos.tolist()}; clear_cache() and start again, or build Engine(..., max_len=...) longer")
         if self.design == "inputs":
             phase = "increment" if input_ids.shape[1] == 1 else "prefill"
         else:
@@ -84,19 +91,38 @@ class Engine:
         Like MindFormers, generate() always starts in the prefill phase; it leaves the engine in "increment".
         """
         T = idx.shape[1]
-        if T + max_new_tokens > self.cache.max_len:
+        need = min(T + max_new_tokens, self.model.block_size)  # the loop slides its window at block_size
+        if need > self.cache.max_len:
             raise ValueError(f"{T} + {max_new_tokens} tokens exceed the engine's max_len {self.cache.max_len}")
         self.phase = "prefill"
-        logits = self.infer(idx, position_ids=torch.arange(T))
-        out = [idx]
-        for i in range(max_new_tokens):
-            nxt = logits.argmax(-1, keepdim=True)
-            out.append(nxt)
-            if i + 1 < max_new_tokens:
-                logits = self.infer(nxt, position_ids=torch.tensor([T + i]))
-        return torch.cat(out, dim=1)
+        return generate_ids(self.model, idx, max_new_tokens, 0.0, runner=_EngineRunner(self))
 
     def clear_cache(self) -> None:
         """Seed 002's `block_mgr.clear_cache()`: empty the cache and go back to the prefill phase."""
         self.cache.reset()
         self.phase = "prefill"
+
+
+class _EngineRunner:
+    """The decode loop's runner for the engine: every step is an `Engine.infer` call (so the phase flag acts)."""
+
+    drops_rows = False
+
+    def __init__(self, engine: Engine):
+        self.engine, self.length = engine, 0
+
+    def prefill(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        self.length = window.shape[1]
+        return self.engine.infer(window, position_ids=torch.arange(self.length, device=window.device))
+
+    def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        token = window[:, -1:].clone(memory_format=torch.contiguous_format)
+        logits = self.engine.infer(token, position_ids=torch.tensor([self.length], device=window.device))
+        self.length += 1
+        return logits
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        pass
+
+    def sample(self, settings, logits, generator, draw):
+        return settings.sample(logits, generator, draw)

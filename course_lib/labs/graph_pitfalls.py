@@ -34,7 +34,7 @@ class BranchyStep(nn.Module):
             mask = self.cache.mask(input_pos)
         else:                  # decode: the single new token sees every slot up to its own
             mask = self.cache.causal[input_pos[-1:]]
-        h = self.model._run(ids, self.cache.positions(input_pos), mask, self.cache.at(input_pos))
+        h = self.model.hidden_states(ids, self.cache.positions(input_pos), mask, self.cache.at(input_pos))
         return self.model.lm_head(h[:, -1, :])
 
 

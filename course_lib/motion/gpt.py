@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.caches.kv_cache import KVCache
+from course_lib.caches.protocol import KVLayout
 from course_lib.core.checkpoints import config_from, get_entry, load_checkpoint, load_weights, strip_prefix
 from course_lib.core.layers import Block, RMSNorm, default_positions, init_weights, rope_angles, run_blocks
 from course_lib.core.sizes import check_build_size, check_counts, decoder_runtime_bytes
@@ -107,9 +108,13 @@ class MotionGPT(nn.Module):
         logits = self(idx, clip_feature)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=self.config.pad_id)
 
-    def new_cache(self, batch_size: int) -> KVCache:
+    def kv_layout(self) -> KVLayout:
+        """What a cache needs to know about this model (`KVCache.for_model`)."""
         c = self.config
-        return KVCache(c.n_layer, batch_size, c.n_head, self.head_dim, c.block_size, self.device, self.tok_emb.weight.dtype)
+        return KVLayout(c.n_layer, c.n_head, self.head_dim, c.block_size, self.device, self.tok_emb.weight.dtype)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache.for_model(self, batch_size)
 
     @torch.no_grad()
     def sample(self, clip_feature: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -124,6 +129,13 @@ class MotionGPT(nn.Module):
         makes the host wait) or at max_tokens. With `trace` (a list),
         row 0's top-5 candidates per step (model probabilities before
         temperature/top-k) are appended to it.
+
+        Why not the text models' loop (`decoding.decode.decode_loop`): its runners feed token ids and
+        re-prefill a sliding window of tokens, while this model's first position is a text-feature
+        embedding, not a token (no window of ids can be re-run past block_size: generation ends at
+        block_size - 1 codes instead), and END is a token that must be masked at step 0 only, with
+        per-row lengths returned instead of padded ids. What it shares: the cache (`KVCache.for_model`),
+        the sampling step (`SamplingSettings.sample`) and the stop-check interval.
         """
         settings = SamplingSettings(temperature, top_k)  # checked once, used every step
         c = self.config

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.caches.kv_cache import KVCache
-from course_lib.caches.quantize import quantize  # noqa: F401  (public: a quantized copy that generate accepts, chapter 08b)
+from course_lib.caches.protocol import KVLayout, KVStep, step_logits
 from course_lib.core.checkpoints import CheckpointError, check_state_dict, get_entry, load_checkpoint, load_weights
 from course_lib.core.device import pick_device
 from course_lib.core.layers import (
@@ -34,11 +34,10 @@ from course_lib.core.layers import (
 )
 from course_lib.core.paths import TEXT_MODEL, display_path
 from course_lib.core.sizes import check_build_size, check_counts, decoder_runtime_bytes
-from course_lib.decoding.beam import beam_search, check_beam_args
-from course_lib.decoding.decode import generate_ids
-from course_lib.decoding.scoring import sequence_logprob, sequence_logprobs
 
-__all__ = ["GPT", "load_gpt", "sequence_logprob", "sequence_logprobs", "quantize", "DEFAULT_H_PARAMS"]  # + load_draft, speculative_generate (lazy)
+# The model stands below generation: it imports no decoding method (beam search, scoring, quantize,
+# speculative decoding and the decode loop all import *it*). `course_lib` re-exports them at the top level.
+__all__ = ["GPT", "load_gpt", "DEFAULT_H_PARAMS"]
 
 DEFAULT_H_PARAMS = {
     "vocab_size": 100277,  # cl100k_base, special tokens included
@@ -108,10 +107,11 @@ class GPT(nn.Module):
         """Parameters counted once (the tied head is the embedding)."""
         return num_params(self)
 
-    def _run(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
-             cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                      cache: KVStep | None = None) -> torch.Tensor:
         """The one forward path: embed → dropout → blocks (storing keys/values in `cache` if given)
-        → final norm. Returns hidden states (B, T, n_embd); callers apply the head where they need it."""
+        → final norm. Returns hidden states (B, T, n_embd); callers apply the head where they need it
+        (`caches.protocol.step_logits`, a draft's distillation loss, chapter 02's untied head)."""
         rope = rope_angles(position_ids, self.head_dim, self.h_params["rope_theta"])
         x = self.drop(self.tok_emb(idx))
         return self.norm(run_blocks(self.blocks, x, rope, mask, cache))
@@ -132,7 +132,7 @@ class GPT(nn.Module):
             position_ids = default_positions(B, T, 0, attention_mask, idx.device)
         # No padding: the blocks use SDPA's built-in causal mask; with padding, the same rule as the cache at length 0.
         mask = None if attention_mask is None else attend_mask(T, 0, attention_mask, causal=True)
-        h = self._run(idx, position_ids, mask)
+        h = self.hidden_states(idx, position_ids, mask)
         return self.lm_head(h[:, -1:] if last_only else h)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -145,11 +145,15 @@ class GPT(nn.Module):
     # `prefill` fills a fresh cache with a prompt, `decode_step` feeds one token. Positions are
     # explicit: with a cache the model cannot guess where the new tokens sit.
 
+    def kv_layout(self) -> KVLayout:
+        """What every cache kind (`Cache.for_model`) needs to know about this model."""
+        return KVLayout(self.h_params["n_layer"], self.n_kv_head, self.head_dim, self.block_size,
+                        self.device, self.tok_emb.weight.dtype)
+
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache for this model: (n_layer, B, n_kv_head, max_len, head_dim), max_len = block_size."""
-        hp = self.h_params
-        return KVCache(hp["n_layer"], batch_size, self.n_kv_head, self.head_dim, max_len or self.block_size,
-                       device=self.device, dtype=self.tok_emb.weight.dtype)
+        """An empty contiguous cache: (n_layer, B, n_kv_head, max_len, head_dim), max_len = block_size
+        (`KVCache.for_model(model, batch_size, max_len)`)."""
+        return KVCache.for_model(self, batch_size, max_len)
 
     def infer(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
@@ -173,7 +177,7 @@ class GPT(nn.Module):
         mask = None
         if attention_mask is not None or T > 1:  # one unpadded new token may attend to everything cached
             mask = cache.attn_mask(T, attention_mask)
-        return self.lm_head(self._run(input_ids, position_ids, mask, cache)), cache
+        return step_logits(self, input_ids, position_ids, mask, cache, last_only=False), cache
 
     @torch.no_grad()
     def prefill(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -187,8 +191,7 @@ class GPT(nn.Module):
             cache = self.new_cache(B)
         cache.reset()  # a new prompt must never see the previous one's keys
         pos = default_positions(B, T, 0, attention_mask, idx.device)
-        h = self._run(idx, pos, cache.attn_mask(T, attention_mask), cache)
-        return self.lm_head(h[:, -1, :]), cache
+        return step_logits(self, idx, pos, cache.attn_mask(T, attention_mask), cache), cache
 
     @torch.no_grad()
     def decode_step(self, token: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,7 +203,7 @@ class GPT(nn.Module):
         B = token.shape[0]
         pos = default_positions(B, 1, cache.length, attention_mask, token.device)
         mask = None if attention_mask is None else cache.attn_mask(1, attention_mask)
-        return self.lm_head(self._run(token, pos, mask, cache)[:, -1, :])
+        return step_logits(self, token, pos, mask, cache)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -221,21 +224,14 @@ class GPT(nn.Module):
         log-probs / length ** length_penalty, early_stopping True/False/"never"), deterministic:
         temperature is ignored, top_k/top_p are sampling filters and are rejected.
         """
-        check_beam_args(num_beams, length_penalty, early_stopping)
-        if num_beams > 1:
-            if top_k is not None or (top_p is not None and top_p < 1.0):
-                raise ValueError("top_k/top_p filter a sampling step; beam search does not sample "
-                                 "(use num_beams=1 to sample, or drop top_k/top_p)")
-            if stop is not None:
-                raise ValueError("stop strings are not supported with num_beams > 1; pass eos_token_id "
-                                 "(e.g. the id of '\\n' to end a listing)")
-            return beam_search(self, idx, max_new_tokens, num_beams, length_penalty=length_penalty,
-                               eos_token_id=eos_token_id, early_stopping=early_stopping,
-                               repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
-                               attention_mask=attention_mask, use_cache=use_cache).sequences
-        return generate_ids(self, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
-                            generator=generator, use_cache=use_cache, attention_mask=attention_mask,
-                            eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)
+        # Generation stands above the model: the loop is imported here, when it runs, so that importing the
+        # model never imports a decoding method (no import circle, and no tokenizer needed to build a GPT).
+        from course_lib.decoding.decode import generate
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, generator,
+                        repetition_penalty=repetition_penalty, use_cache=use_cache, attention_mask=attention_mask,
+                        num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                        eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)
 
 
 def load_gpt(path: str | Path | None = None, device: str | torch.device = "cpu") -> GPT:
@@ -264,15 +260,3 @@ def check_gpt_size(path: str | Path, hp: Mapping, extra_bytes: int = 0, what: st
     runtime = decoder_runtime_bytes(full["n_layer"], full["block_size"], width, full["n_head"], full["vocab_size"])
     shown = {k: full[k] for k in ("vocab_size", "n_embd", "n_layer", "block_size", "target_vocab_size") if k in full}
     return check_build_size(path, lambda: GPT(hp), runtime_bytes=runtime + extra_bytes, what=what, config=shown)
-
-
-def __getattr__(name: str):
-    """`load_draft` and `speculative_generate` (chapter 08) live in their own modules, which import this one;
-    resolving them lazily keeps them importable from here without a circular import."""
-    if name == "load_draft":
-        from course_lib.text.draft import load_draft
-        return load_draft
-    if name == "speculative_generate":
-        from course_lib.decoding.speculative import speculative_generate
-        return speculative_generate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,7 +54,7 @@ def target_subset_logits(target: GPT, x: torch.Tensor, vocab_ids: torch.Tensor) 
     """The target's logits (B, T, len(vocab_ids)) at the subset's rows only: softmax of these is its
     next-token distribution conditioned on "the token is in the subset" (the 100k-wide head is skipped)."""
     B, T = x.shape
-    h = target._run(x, torch.arange(T, device=x.device)[None].expand(B, T), None)
+    h = target.hidden_states(x, torch.arange(T, device=x.device)[None].expand(B, T), None)
     return h @ target.lm_head.weight[vocab_ids].T
 
 

@@ -1,8 +1,9 @@
 """Inside Inference: the shared library behind the course notebooks.
 
 The folders show the architecture; each module holds one idea, and notebooks import from here so
-that what a student reads in a cell is what the tests pin down. Lower floors never import higher
-ones (a test reads the imports and enforces it):
+that what a student reads in a cell is what the tests pin down. The imports form no circle, and
+the model imports no decoding method (tests/test_imports.py reads every import, lazy ones included,
+and enforces both). The folders, from what runs the course down to what everything stands on:
 
     course/        course tooling: notebook parameters and checks, exercises, release, grading, run_course
     labs/          chapter 06's deliberately broken code: the per-phase engine, its check CLI, graph pitfalls

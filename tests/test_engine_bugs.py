@@ -75,7 +75,7 @@ for kind in ("mha", "gqa", "mqa"):
         report[kind] = str(exc)
         continue
     cache = tp.new_cache(1, 8)
-    rows = [tp.full_logits(tp.prefill(saved["prompt"], cache))]
+    rows = [tp.full_logits(tp.prefill(saved["prompt"], cache=cache)[0])]
     for tok in saved["next"].split(1, dim=1):
         rows.append(tp.full_logits(tp.decode_step(tok, cache)))
     torch.save(torch.stack(rows, 1), f"{root}/{kind}.logits.{info.rank}")

@@ -32,6 +32,8 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
+from course_lib.course.notebook import AnswerNotImplemented, AnswerRaised, _publish
+
 MAX_ITEMS = 5_000_000  # numbers in one hand-in's answers (a (1, 10, 100277) logits tensor is about 1M)
 _SCALARS = (type(None), bool, int, float, str)
 _TENSOR_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -39,14 +41,6 @@ _TENSOR_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32",
 
 class NotPlain(TypeError):
     """An answer (or a result of the answer's code) that is not plain data."""
-
-
-class AnswerRaised(Exception):
-    """The hand-in's code raised this exception when the check called it (in the hand-in's kernel)."""
-
-
-class AnswerNotImplemented(AnswerRaised):
-    """The hand-in's function still raises NotImplementedError: the placeholder is left as is."""
 
 
 class ReplayMismatch(Exception):
@@ -331,8 +325,6 @@ def load_answers(namespace: dict, path: str, names: Iterable[str]) -> dict[str, 
 
 def check_failed(exc: BaseException, names: Iterable[str]) -> None:
     """A check statement raised before it gave a verdict: publish one 'raised' record per exercise it checks."""
-    from course_lib.course.notebook import _publish
-
     for name in names:
         _publish({"name": str(name), "ok": False, "verdict": "not yet", "raised": type(exc).__name__,
                   "message": f"{type(exc).__name__}: {exc}"[:300]})

@@ -167,13 +167,21 @@ def _publish(record: dict) -> None:
         publish_display_data({CHECK_MIME: record}, metadata={CHECK_MIME: {"kind": "verdict"}})
 
 
+class AnswerRaised(Exception):
+    """The hand-in's code raised this exception when a check called it (in the hand-in's kernel); the
+    grader replays it (course_lib.course.answers), so a check reports the hand-in's error, not its own."""
+
+
+class AnswerNotImplemented(AnswerRaised):
+    """The hand-in's function still raises NotImplementedError: the placeholder is left as is."""
+
+
 def run_check(name: str, fn: Callable[[], tuple[bool, str, str]]) -> bool:
     """Run a checker returning (ok, why_right, why_wrong); an exception counts as 'not yet'."""
     try:
         ok, right, wrong = fn()
     except Exception as exc:  # a student's half-written answer should not crash the notebook
-        from course_lib.course.answers import AnswerRaised  # replayed in the grader: the hand-in's own exception
-
+        # AnswerRaised: replayed by the grader, the hand-in's own exception (course_lib.course.answers)
         what = str(exc) if isinstance(exc, AnswerRaised) else f"{type(exc).__name__}: {exc}"
         return _verdict(name, False, "", f"your code raised {what}", raised=type(exc).__name__)
     return _verdict(name, ok, right, wrong)

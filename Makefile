@@ -38,7 +38,7 @@ lab-student: install
 # --dist loadscope keeps each test module, and each notebook's cells, on one worker (one kernel per notebook).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests $(NBVAL) notebooks/
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30 tests $(NBVAL) notebooks/
 
 test-unit: install
 	$(BIN)/python -m pytest tests -q

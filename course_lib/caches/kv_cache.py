@@ -55,11 +55,8 @@ class KVCache:
     def for_model(cls, model, batch_size: int, max_len: int | None = None,
                   device: torch.device | str | None = None) -> KVCache:
         """An empty cache shaped for `model` (its `kv_layout()`); max_len defaults to its block_size."""
-        lay: KVLayout = model.kv_layout()
-        check_int("batch_size", batch_size, low=1)
-        max_len = check_int("max_len", max_len, low=1, optional=True) or lay.max_len
-        return cls(lay.n_layer, batch_size, lay.n_kv_head, lay.head_dim, max_len,
-                   device=lay.device if device is None else device, dtype=lay.dtype)
+        args, kwargs = KVLayout.cache_args(model, batch_size, max_len, device)
+        return cls(*args, **kwargs)
 
     @property
     def batch_size(self) -> int:

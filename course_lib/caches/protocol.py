@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from course_lib.core.checks import check_int
+
 
 class LayerKV(Protocol):
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +63,17 @@ class KVLayout:
     max_len: int
     device: torch.device
     dtype: torch.dtype
+
+    @staticmethod
+    def cache_args(model, batch_size: int, max_len: int | None = None,
+                   device: torch.device | str | None = None) -> tuple[tuple, dict]:
+        """The arguments every contiguous-style cache is built from, for `model` (its `kv_layout()`):
+        (n_layer, batch_size, n_kv_head, head_dim, max_len), {device, dtype}; max_len defaults to block_size."""
+        lay: KVLayout = model.kv_layout()
+        check_int("batch_size", batch_size, low=1)
+        max_len = check_int("max_len", max_len, low=1, optional=True) or lay.max_len
+        return ((lay.n_layer, batch_size, lay.n_kv_head, lay.head_dim, max_len),
+                {"device": lay.device if device is None else device, "dtype": lay.dtype})
 
 
 def step_logits(model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: KVStep | None,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from course_lib.core.paths import display_path, link_problem
+from course_lib.core.paths import REPO_ROOT, display_path, link_problem
 
 
 def current_umask() -> int:
@@ -140,3 +140,13 @@ def claim_folder(path: str | Path, marker: str, text: str = "") -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return p
+
+
+def fresh_output_file(arg: str | Path) -> Path:
+    """The file a measuring CLI's `--out` names (relative to the repository), refused with FileExistsError
+    when it exists already: a saved reference run is never overwritten by a later one."""
+    out = Path(arg) if Path(arg).is_absolute() else REPO_ROOT / arg
+    if out.exists():
+        raise FileExistsError(f"{arg} exists; runs never overwrite earlier results: pass a new --out")
+    return out
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -226,8 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import platform
     import sys
 
-    from course_lib.core.files import atomic_write_text
-    from course_lib.core.paths import REPO_ROOT
+    from course_lib.core.files import atomic_write_text, fresh_output_file
     from course_lib.text.corpus import BRANDS, generate_corpus
     from course_lib.text.gpt import load_gpt
     from course_lib.text.tokenizer import get_encoding
@@ -242,9 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.samples_per_brand < 1 or args.train_lines < 0 or args.threads < 1:
         print("error: --samples-per-brand and --threads must be >= 1, --train-lines >= 0", file=sys.stderr)
         return 2
-    out = Path(args.out) if Path(args.out).is_absolute() else REPO_ROOT / args.out
-    if out.exists():
-        print(f"error: {args.out} exists; runs never overwrite earlier results: pass a new --out", file=sys.stderr)
+    try:
+        out = fresh_output_file(args.out)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     model, enc = load_gpt(device="cpu"), get_encoding()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from course_lib.core.files import atomic_write_text
-    from course_lib.core.paths import REPO_ROOT
+    from course_lib.core.files import atomic_write_text, fresh_output_file
     from course_lib.text.gpt import load_gpt
 
     ap = argparse.ArgumentParser(prog="python -m course_lib.decoding.speed", description=main.__doc__)
@@ -164,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.threads < 1:
         print("error: --rounds and --threads must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.out) if Path(args.out).is_absolute() else REPO_ROOT / args.out
-    if out.exists():
-        print(f"error: {args.out} exists; runs never overwrite earlier results: pass a new --out", file=sys.stderr)
+    try:
+        out = fresh_output_file(args.out)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     model = load_gpt(device="cpu")

@@ -36,9 +36,11 @@ lab-student: install
 
 # One pytest run, two workers (pytest-xdist): unit tests and every notebook's strict nbval share the cores;
 # --dist loadscope keeps each test module, and each notebook's cells, on one worker (one kernel per notebook).
+# One thread per process (notebooks set their own `threads`): two workers, two cores, no oversubscription.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30 tests $(NBVAL) notebooks/
+	OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=1 \
+		$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30 tests $(NBVAL) notebooks/
 
 test-unit: install
 	$(BIN)/python -m pytest tests -q

@@ -60,7 +60,10 @@ COMMANDS = [c for doc in DOCS for c in bash_commands(doc)]
 
 
 def run(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    # a clean environment for make: under `make test` the outer make's MAKEFLAGS/MAKELEVEL would make the
+    # inner one print "Entering directory" lines around what it echoes
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"}}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 

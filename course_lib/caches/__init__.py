@@ -1,1 +1,1 @@
-"""caches"""
+"""Key/value caches behind one protocol (contiguous, static, paged), compiled steps, weight-only quantization."""

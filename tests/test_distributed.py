@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from course_lib.core.layers import Attention, SwiGLU, rope_angles
 from course_lib.core.paths import REPO_ROOT
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.generate import main as generate_main
+from course_lib.distributed.launch import free_port
 from course_lib.distributed.process_group import DistSetupError, check_divides, check_env
 from course_lib.distributed.tp_gpt import TPGPT, global_argmax, local_max_pair, tp_generate
 from course_lib.distributed.tp_layers import (
@@ -132,10 +132,6 @@ def test_cli_by_hand_and_bad_world_size_exit_2(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------ torchrun, 2 gloo processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import torch
 from course_lib.core.layers import Attention, rope_angles
 from course_lib.core.paths import REPO_ROOT
 from course_lib.distributed.comm import Comm
+from course_lib.distributed.launch import free_port
 from course_lib.distributed.process_group import DistSetupError, check_divides
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
 from course_lib.distributed.tp_layers import TPAttention
@@ -86,10 +86,6 @@ shutdown()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_world_two_grouped_query_logits_equal_the_single_process_model(make_gpt, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from course_lib.decoding.beam import beam_search
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.speculative import prompt_lookup_generate, speculative_generate
 from course_lib.distributed.comm import Comm
+from course_lib.distributed.launch import free_port
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
 from course_lib.distributed.tp_layers import TPAttention
 from course_lib.text.gpt import GPT
@@ -294,10 +294,6 @@ shutdown()
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tensor_parallel_world_size_2_gives_the_cached_loops_tokens(tmp_path):
@@ -308,7 +304,7 @@ def test_tensor_parallel_world_size_2_gives_the_cached_loops_tokens(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     kinds = ["mha", "gqa"] if TP_GQA else ["mha"]  # gqa: needs the engine-bugs branch (see TP_GQA)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(script), *kinds]
+           "--master_port", str(free_port()), str(script), *kinds]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "ALL EQUAL"

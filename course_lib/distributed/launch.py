@@ -8,6 +8,7 @@ keeps two launches (or two notebooks) from meeting at the same rendezvous.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -15,8 +16,21 @@ import sys
 from course_lib.core.paths import REPO_ROOT
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free port for torchrun's rendezvous, chosen at random BELOW the kernel's ephemeral range (Linux:
+    32768-60999). A port the kernel hands out for `bind(0)` is ephemeral: between our check and torchrun's
+    bind, another job's gloo connection can take it, and the rendezvous aborts. Ports below the range are
+    never handed out that way, so only two launches drawing the same number could collide."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything below the range busy: fall back to one the kernel picks
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

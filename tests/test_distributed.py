@@ -17,7 +17,7 @@ from course_lib.core.layers import Attention, SwiGLU, rope_angles
 from course_lib.core.paths import REPO_ROOT
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.generate import main as generate_main
-from course_lib.distributed.launch import free_port
+from course_lib.distributed.launch import free_port, one_launch_at_a_time
 from course_lib.distributed.process_group import DistSetupError, check_divides, check_env
 from course_lib.distributed.tp_gpt import TPGPT, global_argmax, local_max_pair, tp_generate
 from course_lib.distributed.tp_layers import (
@@ -138,7 +138,8 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 120) -> subprocess.Com
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
+    with one_launch_at_a_time():
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=timeout)
 
 
 @pytest.mark.parametrize("sampling", [[], ["--temperature", "0.9", "--top_k", "50", "--seed", "3"]],

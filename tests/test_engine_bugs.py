@@ -14,7 +14,7 @@ import torch
 from course_lib.core.layers import Attention, rope_angles
 from course_lib.core.paths import REPO_ROOT
 from course_lib.distributed.comm import Comm
-from course_lib.distributed.launch import free_port
+from course_lib.distributed.launch import free_port, one_launch_at_a_time
 from course_lib.distributed.process_group import DistSetupError, check_divides
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
 from course_lib.distributed.tp_layers import TPAttention
@@ -98,7 +98,8 @@ def test_torchrun_world_two_grouped_query_logits_equal_the_single_process_model(
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(tmp_path / "tp.py"), str(tmp_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
+    with one_launch_at_a_time():
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["mha"] == report["gqa"] == "ran"

@@ -26,7 +26,7 @@ from course_lib.decoding.beam import beam_search
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.speculative import prompt_lookup_generate, speculative_generate
 from course_lib.distributed.comm import Comm
-from course_lib.distributed.launch import free_port
+from course_lib.distributed.launch import free_port, one_launch_at_a_time
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
 from course_lib.distributed.tp_layers import TPAttention
 from course_lib.text.gpt import GPT
@@ -305,6 +305,7 @@ def test_tensor_parallel_world_size_2_gives_the_cached_loops_tokens(tmp_path):
     kinds = ["mha", "gqa"] if TP_GQA else ["mha"]  # gqa: needs the engine-bugs branch (see TP_GQA)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script), *kinds]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
+    with one_launch_at_a_time():
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "ALL EQUAL"

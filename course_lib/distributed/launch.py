@@ -12,6 +12,10 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from course_lib.core.paths import REPO_ROOT
 
@@ -41,11 +45,30 @@ def torchrun_cmd(nproc: int, module: str, *args: str, port: int | None = None) -
             "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), "-m", module, *args]
 
 
+@contextmanager
+def one_launch_at_a_time() -> Iterator[None]:
+    """Hold a machine-wide lock while a torchrun job runs. Two gloo jobs on one host at the same time
+    (parallel test workers, a notebook beside a test) were seen to abort a rank (SIGABRT) now and then;
+    one job at a time never did. A no-op where fcntl does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(Path(tempfile.gettempdir()) / "course_lib_torchrun.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def run_torchrun(nproc: int, module: str, *args: str, threads: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
     """Launch a course module under torchrun from any working directory; threads = OMP threads per process."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads)}
-    return subprocess.run(torchrun_cmd(nproc, module, *args), capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT, timeout=timeout)
+    with one_launch_at_a_time():
+        return subprocess.run(torchrun_cmd(nproc, module, *args), capture_output=True, text=True, env=env,
+                              cwd=REPO_ROOT, timeout=timeout)
 
 
 def shown_command(nproc: int, module: str, *args: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from test_speculative import chi2_pvalue  # the same goodness-of-fit test as the one-round sampling tests
 
 from course_lib.decoding.sampling import SamplingSettings
 from course_lib.decoding.speculative import speculative_generate
@@ -48,18 +49,6 @@ def _exact_joint(target) -> torch.Tensor:
     return probs.double()
 
 
-def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    n = counts.sum()
-    expected = probs * n
-    small = expected < 5
-    obs = torch.cat([counts[~small], counts[small].sum()[None]]).double()
-    exp = torch.cat([expected[~small], expected[small].sum()[None]]).double()
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    return float(torch.special.gammaincc(torch.tensor((len(obs) - 1) / 2, dtype=torch.float64), stat / 2))
-
-
 def test_multi_round_speculative_sampling_matches_the_target(make_gpt):
     target, draft = _models(make_gpt)
     joint = _exact_joint(target)
@@ -82,7 +71,7 @@ def test_multi_round_speculative_sampling_matches_the_target(make_gpt):
     assert bonus >= 200, bonus
     assert rollback_then_round >= 200, rollback_then_round
     # the joint law of all 5 tokens
-    assert _chi2_pvalue(counts, joint) > 1e-3
+    assert chi2_pvalue(counts, joint) > 1e-3
     # and every position's marginal, within a total-variation bound (2500 runs: sampling noise ~0.02)
     sampled = (counts / RUNS).reshape([V] * NEW)
     exact = joint.reshape([V] * NEW)

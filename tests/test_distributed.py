@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,28 @@ def test_torchrun_tensor_parallel_text_equals_single_process(shipped_gpt, sampli
     temperature, top_k = (0.9, 50) if sampling else (0.0, None)
     ref = shipped_gpt.generate(idx, 24, temperature, top_k, generator=torch.Generator().manual_seed(3 if sampling else 0))
     assert r.stdout == enc.decode(ref[0].tolist()) + "\n"  # printed once: by rank 0 only
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux /proc")
+def test_shutdown_leaves_no_gloo_threads_even_when_torch_compiler_loads_late(tmp_path):
+    """Building a model on the meta device imports torch._dynamo lazily, after the process group exists.
+    If that import kept the group alive, gloo's threads would still run at exit and a rank could die
+    with SIGABRT after its work was done (seen as rare CI failures); init_from_env prevents it."""
+    script = tmp_path / "threads.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from course_lib.distributed.process_group import init_from_env, shutdown\n"
+        "info = init_from_env('cpu', timeout=30)\n"
+        "with torch.device('meta'):\n"
+        "    torch.nn.Embedding(4, 4)  # the first call that imports the compiler\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+        "torch.distributed.all_reduce(torch.ones(2))\n"
+        "shutdown()\n"
+        "names = sorted(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task'))\n"
+        "print(info.rank, [n for n in names if 'gloo' in n], flush=True)\n")
+    r = torchrun(str(script))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.splitlines()) == ["0 []", "1 []"]
 
 
 def test_a_rank_that_stops_answering_ends_the_others_after_the_timeout(tmp_path):

@@ -47,9 +47,11 @@ def torchrun_cmd(nproc: int, module: str, *args: str, port: int | None = None) -
 
 @contextmanager
 def one_launch_at_a_time() -> Iterator[None]:
-    """Hold a machine-wide lock while a torchrun job runs. Two gloo jobs on one host at the same time
-    (parallel test workers, a notebook beside a test) were seen to abort a rank (SIGABRT) now and then;
-    one job at a time never did. A no-op where fcntl does not exist (Windows)."""
+    """Hold a machine-wide lock while a torchrun job runs: two jobs of two processes each on a 2-core
+    machine (parallel test workers, a notebook beside a test) oversubscribe it, which distorts every
+    timing and brings collectives close to their timeouts. One job at a time keeps both honest.
+    (The rare SIGABRT of a rank at exit had another cause: see process_group._import_compiler_first.)
+    A no-op where fcntl does not exist (Windows)."""
     try:
         import fcntl
     except ImportError:

@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = {
         "eager, contiguous cache": lambda: model.generate(idx, new, temperature=0),
-        "eager, static cache": lambda: generate_static(model, idx, new, cache=cache, step=forward_static),
+        "eager, static cache": lambda: generate_static(model, idx, new, temperature=0.0, cache=cache, step=forward_static),
     }
     compiled_contiguous = torch.compile(model.decode_step)
     variants["compiled, contiguous cache"] = lambda: contiguous_loop(model, compiled_contiguous, idx, new)
     compiled_static = compile_decode_step()
-    variants["compiled, static cache"] = lambda: generate_static(model, idx, new, cache=cache, step=compiled_static)
+    variants["compiled, static cache"] = lambda: generate_static(model, idx, new, temperature=0.0, cache=cache, step=compiled_static)
     if device.type == "cuda":
         graphs_step = compile_decode_step(mode="reduce-overhead")
-        variants["compiled, static cache, CUDA graphs"] = lambda: generate_static(model, idx, new, cache=cache, step=graphs_step)
+        variants["compiled, static cache, CUDA graphs"] = lambda: generate_static(model, idx, new, temperature=0.0, cache=cache, step=graphs_step)
 
     reference = variants["eager, contiguous cache"]()
     first_run, graphs = {}, {}

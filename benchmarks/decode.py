@@ -95,8 +95,8 @@ def _hf(s: Setup, **kw) -> Callable[[], torch.Tensor] | None:
 
 VARIANTS: dict[str, Builder] = {
     "course cached loop": lambda s: lambda: s.model.generate(s.x, s.new, temperature=0),
-    "static, compiled decode": lambda s: (lambda: generate_static(s.model, s.x, s.new, compile="decode")) if s.compile else None,
-    "static, compiled decode + prefill": lambda s: (lambda: generate_static(s.model, s.x, s.new, compile=True)) if s.compile else None,
+    "static, compiled decode": lambda s: (lambda: generate_static(s.model, s.x, s.new, temperature=0.0, compile="decode")) if s.compile else None,
+    "static, compiled decode + prefill": lambda s: (lambda: generate_static(s.model, s.x, s.new, temperature=0.0, compile=True)) if s.compile else None,
     "HF generate": lambda s: _hf(s),
     "HF prompt lookup (8)": lambda s: _hf(s, prompt_lookup_num_tokens=8) if s.batch == 1 else None,
 }

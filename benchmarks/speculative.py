@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
               "-r benchmarks/requirements-bench.txt)", file=sys.stderr)
     step = compile_decode_step()
     variants += [("course cached (GPT.generate)", lambda x: target.generate(x, n, temperature=0)),
-                 ("course static, compiled step", lambda x: generate_static(target, x, n, step=step)),
-                 ("course prompt lookup (8), compiled", lambda x: prompt_lookup_generate(target, x, n, 8, compile=True)),
-                 ("speculative k=4, eager", lambda x: speculative_generate(target, draft, x, n, k=4))]
-    variants += [(f"speculative k={k}, compiled", lambda x, k=k: speculative_generate(target, draft, x, n, k=k, compile=True))
+                 ("course static, compiled step", lambda x: generate_static(target, x, n, temperature=0.0, step=step)),
+                 ("course prompt lookup (8), compiled", lambda x: prompt_lookup_generate(target, x, n, 8, temperature=0.0, compile=True)),
+                 ("speculative k=4, eager", lambda x: speculative_generate(target, draft, x, n, temperature=0.0, k=4))]
+    variants += [(f"speculative k={k}, compiled", lambda x, k=k: speculative_generate(target, draft, x, n, temperature=0.0, k=k, compile=True))
                  for k in args.ks]
     if args.step_graphs:
-        variants += [(f"speculative k={k}, compiled steps", lambda x, k=k: speculative_generate(target, draft, x, n, k=k,
+        variants += [(f"speculative k={k}, compiled steps", lambda x, k=k: speculative_generate(target, draft, x, n, temperature=0.0, k=k,
                                                                                              compile="steps"))
                      for k in args.ks]
     if args.only:
@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             acc = prop = calls = new = 0
             k = int(name.split("k=")[1].split(",")[0])
             for x in prompts:
-                _, st = speculative_generate(target, draft, x, n, k=k, return_stats=True)
+                _, st = speculative_generate(target, draft, x, n, temperature=0.0, k=k, return_stats=True)
                 acc, prop, calls, new = acc + sum(st.accepted), prop + sum(st.proposed), calls + st.target_calls, new + st.new_tokens
             row.update(acceptance=round(acc / prop, 4), tokens_per_target_call=round(new / calls, 3))
         if name.startswith("course prompt lookup") and same:
             calls = new = 0
             for x in prompts:
-                _, st = prompt_lookup_generate(target, x, n, 8, return_stats=True)
+                _, st = prompt_lookup_generate(target, x, n, 8, temperature=0.0, return_stats=True)
                 calls, new = calls + st.target_calls, new + st.new_tokens
             row.update(tokens_per_target_call=round(new / calls, 3))
         rows.append(row)

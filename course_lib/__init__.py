@@ -52,6 +52,7 @@ Where each module is taught (chapter = notebook number):
     decoding.widgets             the interactive explorers of chapters 02 and 03           02, 03
     labs.graph_pitfalls          the broken steps chapter 06 reproduces (trace, CUDA graphs) 06
     labs.engine, labs.engine_check  the source's per-phase static graphs; its test-script CLI  06
+    engine_check                 `python -m course_lib.engine_check`: the published command for labs.engine_check  06
     act/                         the ACT reasoner, halting loops, ARC-style evaluator, CLI 04, 09
     distributed/                 torchrun process groups, tensor-parallel GPT + CLI         09
     motion/                      skeleton, features, VQ-VAE, motion GPT, render, batch CLI 07

@@ -396,7 +396,7 @@ def test_prompts_special_token_text_and_non_strings():
     with pytest.raises(TypeError, match=r"prompts\[1\] is None"):
         pad_batch(enc, ["ok", None], 64)
     with pytest.raises(TypeError, match="prompts must be a list of strings"):
-        generate_batch(None, enc, None, 3)
+        generate_batch(None, enc, None, 3, temperature=0.0)
 
 
 # ------------------------------------------------------------------------ notebook parameters

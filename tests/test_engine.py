@@ -99,8 +99,10 @@ def test_engine_check_bad_arguments_exit_2(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_engine_check_help_from_the_command_line():
+@pytest.mark.parametrize("module", ["course_lib.labs.engine_check", "course_lib.engine_check"])
+def test_engine_check_help_from_the_command_line(module):
+    """Both the module's own path and the command the course design publishes run the same CLI."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    r = subprocess.run([sys.executable, "-m", "course_lib.labs.engine_check", "--help"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
                        env=env, cwd=REPO_ROOT, timeout=120)
     assert r.returncode == 0 and "--test_mode {infer,generate,both}" in r.stdout

@@ -35,15 +35,15 @@ def test_pad_batch_left_and_positions(setup):
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_batched_greedy_rows_equal_single_runs(setup, use_cache):
     model, enc = setup
-    single = [generate_batch(model, enc, [p], 12, use_cache=use_cache)[0] for p in PROMPTS]
-    assert generate_batch(model, enc, PROMPTS, 12, use_cache=use_cache) == single
-    assert generate_batch(model, enc, PROMPTS, 12, batch_size=4, use_cache=use_cache) == single
+    single = [generate_batch(model, enc, [p], 12, temperature=0.0, use_cache=use_cache)[0] for p in PROMPTS]
+    assert generate_batch(model, enc, PROMPTS, 12, temperature=0.0, use_cache=use_cache) == single
+    assert generate_batch(model, enc, PROMPTS, 12, temperature=0.0, batch_size=4, use_cache=use_cache) == single
 
 
 def test_batched_rows_equal_single_past_context_limit(setup):
     model, enc = setup  # block_size 40: 50 new tokens slide the window for every row
-    single = [generate_batch(model, enc, [p], 50)[0] for p in PROMPTS[:3]]
-    assert generate_batch(model, enc, PROMPTS[:3], 50) == single
+    single = [generate_batch(model, enc, [p], 50, temperature=0.0)[0] for p in PROMPTS[:3]]
+    assert generate_batch(model, enc, PROMPTS[:3], 50, temperature=0.0) == single
 
 
 def test_single_run_equals_model_generate(setup):
@@ -51,7 +51,7 @@ def test_single_run_equals_model_generate(setup):
     x = torch.tensor([enc.encode("农夫山泉")])
     out = model.generate(x, 10, temperature=0, use_cache=False)
     ref = enc.decode(out[0, x.shape[1]:].tolist())
-    assert generate_batch(model, enc, ["农夫山泉"], 10) == [ref]
+    assert generate_batch(model, enc, ["农夫山泉"], 10, temperature=0.0) == [ref]
 
 
 def test_right_padding_reads_the_wrong_column(setup):
@@ -71,12 +71,12 @@ def test_right_padding_reads_the_wrong_column(setup):
 
 def test_stop_progress_and_errors(setup):
     model, enc = setup
-    outs = generate_batch(model, enc, ["a", "b"], 8, stop="\n", progress=False)
+    outs = generate_batch(model, enc, ["a", "b"], 8, temperature=0.0, stop="\n", progress=False)
     assert all("\n" not in o for o in outs)
     with pytest.raises(ValueError, match="list of strings"):
-        generate_batch(model, enc, "a", 3)
+        generate_batch(model, enc, "a", 3, temperature=0.0)
     with pytest.raises(ValueError, match="batch_size"):
-        generate_batch(model, enc, ["a"], 3, batch_size=0)
+        generate_batch(model, enc, ["a"], 3, temperature=0.0, batch_size=0)
     with pytest.raises(ValueError, match="temperature"):
         generate_batch(model, enc, ["a"], 3, temperature=-1)
 

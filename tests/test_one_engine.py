@@ -28,7 +28,6 @@ from course_lib.decoding.speculative import prompt_lookup_generate, speculative_
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.launch import free_port, one_launch_at_a_time
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
-from course_lib.distributed.tp_layers import TPAttention
 from course_lib.text.gpt import GPT
 from course_lib.text.tokenizer import get_encoding
 
@@ -103,11 +102,11 @@ def test_every_method_gives_the_cached_loops_tokens(kind, enc):
             assert enc.decode(ref[0, -2:].tolist()).endswith(kw["stop"]) and kw["stop"] not in enc.decode(ref[0, -1:].tolist())
         got = {
             "uncached": generate_ids(model, idx, NEW, 0.0, use_cache=False, enc=enc, **kw),
-            "static": generate_static(model, idx, NEW, enc=enc, **kw),
-            "static compiled": generate_static(model, idx, NEW, step=compiled, enc=enc, **kw),
+            "static": generate_static(model, idx, NEW, temperature=0.0, enc=enc, **kw),
+            "static compiled": generate_static(model, idx, NEW, temperature=0.0, step=compiled, enc=enc, **kw),
         }
         rows = c.get("rows", [idx[0].tolist()])
-        paged = generate_paged(model, PagedKVCache.for_model(model, len(rows), 64), rows, NEW, enc=enc,
+        paged = generate_paged(model, PagedKVCache.for_model(model, len(rows), 64), rows, NEW, temperature=0.0, enc=enc,
                                **{k: v for k, v in kw.items() if k != "attention_mask"})
         got["paged"] = torch.cat([idx, torch.tensor(paged)], dim=1)
         if case != "stop":
@@ -120,27 +119,21 @@ def test_every_method_gives_the_cached_loops_tokens(kind, enc):
         spec_kw = {k: v for k, v in kw.items() if k != "attention_mask"}
         if case == "batch":
             with pytest.raises(ValueError, match="runs one sequence"):
-                speculative_generate(model, draft, idx, NEW, k=3)
+                speculative_generate(model, draft, idx, NEW, temperature=0.0, k=3)
             for b, row in enumerate(rows):  # row by row: each row's tokens of the batch
                 x = torch.tensor([row])
                 want = ref[b, idx.shape[1]:]
-                assert speculative_generate(model, draft, x, NEW, k=3)[0, len(row):].tolist() == want.tolist()
-                assert prompt_lookup_generate(model, x, NEW, 3)[0, len(row):].tolist() == want.tolist()
+                assert speculative_generate(model, draft, x, NEW, temperature=0.0, k=3)[0, len(row):].tolist() == want.tolist()
+                assert prompt_lookup_generate(model, x, NEW, 3, temperature=0.0)[0, len(row):].tolist() == want.tolist()
         else:
-            got["speculative"] = speculative_generate(model, draft, idx, NEW, k=3, enc=enc, **spec_kw)
-            got["prompt lookup"] = prompt_lookup_generate(model, idx, NEW, 3, enc=enc, **spec_kw)
+            got["speculative"] = speculative_generate(model, draft, idx, NEW, temperature=0.0, k=3, enc=enc, **spec_kw)
+            got["prompt lookup"] = prompt_lookup_generate(model, idx, NEW, 3, temperature=0.0, enc=enc, **spec_kw)
         for name, out in got.items():
             assert out.tolist() == ref.tolist(), f"{name}, {kind}, {case}"
     assert counter.graphs >= 1  # the compiled step really went through dynamo
 
 
-# Grouped-query attention in tensor parallelism (TPAttention sharding the key/value heads) comes with the
-# engine-bugs branch; until it is merged the GQA/MQA TP cases are expected to fail.
-TP_GQA = "n_kv_head" in inspect.getsource(TPAttention.__init__)
-needs_tp_gqa = pytest.mark.xfail(not TP_GQA, reason="needs engine-bugs branch", strict=True)
-
-
-@pytest.mark.parametrize("kind", [k if k == "mha" else pytest.param(k, marks=needs_tp_gqa) for k in HEADS])
+@pytest.mark.parametrize("kind", HEADS)
 def test_tensor_parallel_world_size_1_gives_the_cached_loops_tokens(kind, enc):
     model = make(kind)
     for case in CASES:
@@ -157,11 +150,11 @@ def test_the_length_policy_is_the_same_for_every_cache(enc):
     with pytest.warns(UserWarning, match="longer than block_size 32"):
         ref = generate_ids(model, idx, 4, 0.0)
     with pytest.warns(UserWarning, match="longer than block_size 32"):
-        static = generate_static(model, idx, 4, cache=StaticKVCache.for_model(model, 1, 64))
+        static = generate_static(model, idx, 4, temperature=0.0, cache=StaticKVCache.for_model(model, 1, 64))
     with pytest.warns(UserWarning, match="longer than block_size 32"):
-        paged = generate_paged(model, PagedKVCache.for_model(model, 1, 64), [idx[0].tolist()], 4)
+        paged = generate_paged(model, PagedKVCache.for_model(model, 1, 64), [idx[0].tolist()], 4, temperature=0.0)
     with pytest.warns(UserWarning, match="longer than block_size 32"):
-        spec = speculative_generate(model, make("gqa", seed=1, n_layer=1), idx, 4, k=2)
+        spec = speculative_generate(model, make("gqa", seed=1, n_layer=1), idx, 4, temperature=0.0, k=2)
     assert static.tolist() == ref.tolist() == spec.tolist()
     assert paged[0] == ref[0, 40:].tolist()
 
@@ -171,7 +164,7 @@ def test_a_long_static_cache_slides_at_block_size_like_the_contiguous_loop():
     idx = prompt(28, 3)
     ref = generate_ids(model, idx, NEW, 0.0)
     cache = StaticKVCache.for_model(model, 1, 64)  # 64 slots > block_size 32
-    out = generate_static(model, idx, NEW, cache=cache)
+    out = generate_static(model, idx, NEW, temperature=0.0, cache=cache)
     assert out.tolist() == ref.tolist()
     assert not cache.k[:, :, :, 32:].any()  # nothing was ever written at a position past block_size (was: slots 32..36)
 
@@ -196,10 +189,10 @@ def _entry_points(model, draft):
         "generate": lambda ids, **kw: model.generate(ids, 2, 0.0, **kw),
         "generate_ids": lambda ids, **kw: generate_ids(model, ids, 2, 0.0, **kw),
         "beam": lambda ids, **kw: model.generate(ids, 2, num_beams=2, **kw),
-        "static": lambda ids, **kw: generate_static(model, ids, 2, **kw),
+        "static": lambda ids, **kw: generate_static(model, ids, 2, temperature=0.0, **kw),
         "tensor parallel": lambda ids, **kw: tp_generate(tp, ids, 2, 0.0, **kw),
-        "speculative": lambda ids, **kw: speculative_generate(model, draft, ids, 2, **kw),
-        "prompt lookup": lambda ids, **kw: prompt_lookup_generate(model, ids, 2, **kw),
+        "speculative": lambda ids, **kw: speculative_generate(model, draft, ids, 2, temperature=0.0, **kw),
+        "prompt lookup": lambda ids, **kw: prompt_lookup_generate(model, ids, 2, temperature=0.0, **kw),
     }
 
 
@@ -210,7 +203,7 @@ def test_bad_token_ids_are_a_clear_error_in_every_path(bad, needle):
         with pytest.raises(ValueError, match=needle):
             run(bad)
     with pytest.raises(ValueError):
-        generate_paged(model, PagedKVCache.for_model(model, 1, 32), [[1, 100277]] if bad.numel() else [[]], 2)
+        generate_paged(model, PagedKVCache.for_model(model, 1, 32), [[1, 100277]] if bad.numel() else [[]], 2, temperature=0.0)
 
 
 @pytest.mark.parametrize("mask,needle", BAD_MASKS)
@@ -229,7 +222,7 @@ def test_pad_id_out_of_range_is_a_clear_error():
     ids = torch.ones(1, 3, dtype=torch.long)
     for run in (lambda: model.generate(ids, 2, 0.0, eos_token_id=1, pad_token_id=10**12),
                 lambda: generate_ids(model, ids, 2, 0.0, pad_token_id=-1),
-                lambda: generate_static(model, ids, 2, pad_token_id=300),
+                lambda: generate_static(model, ids, 2, temperature=0.0, pad_token_id=300),
                 lambda: beam_search(model, ids, 2, 2, pad_token_id=10**12)):
         with pytest.raises(ValueError, match="pad_token_id must be an int in"):
             run()
@@ -238,11 +231,11 @@ def test_pad_id_out_of_range_is_a_clear_error():
 def test_paged_prefix_may_be_a_tensor_and_an_empty_static_prompt_is_a_clear_error():
     model = make("gqa")
     pre = prompt(5, 9)[0]
-    a = generate_paged(model, PagedKVCache.for_model(model, 2, 32), [[7], [8, 9]], 3, prefix=pre)  # was: "Boolean value"
-    b = generate_paged(model, PagedKVCache.for_model(model, 2, 32), [[7], [8, 9]], 3, prefix=pre.tolist())
+    a = generate_paged(model, PagedKVCache.for_model(model, 2, 32), [[7], [8, 9]], 3, temperature=0.0, prefix=pre)  # was: "Boolean value"
+    b = generate_paged(model, PagedKVCache.for_model(model, 2, 32), [[7], [8, 9]], 3, temperature=0.0, prefix=pre.tolist())
     assert a == b
     with pytest.raises(ValueError, match="empty prompt"):  # was: a raw IndexError
-        generate_static(model, torch.zeros(1, 0, dtype=torch.long), 3)
+        generate_static(model, torch.zeros(1, 0, dtype=torch.long), 3, temperature=0.0)
 
 
 def test_engine_infer_past_max_len_is_a_clear_error():
@@ -302,10 +295,28 @@ def test_tensor_parallel_world_size_2_gives_the_cached_loops_tokens(tmp_path):
     script = tmp_path / "world2.py"
     script.write_text(WORLD2)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    kinds = ["mha", "gqa"] if TP_GQA else ["mha"]  # gqa: needs the engine-bugs branch (see TP_GQA)
+    kinds = ["mha", "gqa"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script), *kinds]
     with one_launch_at_a_time():
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() == "ALL EQUAL"
+
+
+def test_every_generation_entry_point_has_the_one_default_temperature():
+    """One default, the seed's: generate(..., temperature=1.0) samples; greedy is asked for with temperature=0."""
+
+    from course_lib.caches.paged_cache import generate_paged
+    from course_lib.caches.static_cache import generate_static
+    from course_lib.decoding import batching, decode, quality, speculative, streaming, trace
+    from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings
+    from course_lib.distributed.tp_gpt import tp_generate
+    from course_lib.text.gpt import GPT
+
+    entry_points = [GPT.generate, decode.generate, decode.generate_ids, batching.generate_batch, generate_static,
+                    generate_paged, speculative.speculative_generate, speculative.prompt_lookup_generate,
+                    streaming.generate_stream, trace.generate_with_trace, quality.generate_scored, tp_generate]
+    defaults = {f.__qualname__: inspect.signature(f).parameters["temperature"].default for f in entry_points}
+    assert defaults == dict.fromkeys(defaults, DEFAULT_TEMPERATURE) == dict.fromkeys(defaults, 1.0)
+    assert SamplingSettings().temperature == DEFAULT_TEMPERATURE

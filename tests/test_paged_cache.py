@@ -97,7 +97,7 @@ def test_paged_greedy_equals_contiguous_for_a_batch_of_different_lengths(shipped
     prompts = [enc.encode(p) for p in PROMPTS]
     assert len({len(p) for p in prompts}) == len(prompts)
     cache = PagedKVCache.for_model(shipped_gpt, n_blocks=64, block_size=4)
-    got = generate_paged(shipped_gpt, cache, prompts, 12)
+    got = generate_paged(shipped_gpt, cache, prompts, 12, temperature=0.0)
     assert got == [contiguous_greedy(shipped_gpt, p, 12) for p in prompts]
     assert cache.manager.num_free == 64  # generate_paged freed every sequence
 
@@ -120,7 +120,7 @@ def test_prefix_sharing_is_token_exact_and_saves_blocks(shipped_gpt):
     prefix = enc.encode("农夫山泉 Oat Crackers Honey, 12 pack,")
     suffixes = [enc.encode(s) for s in [" family", " gluten free", "", " 500g"]]
     cache = PagedKVCache.for_model(shipped_gpt, n_blocks=64, block_size=4)
-    got = generate_paged(shipped_gpt, cache, suffixes, 8, prefix=prefix, free=False)
+    got = generate_paged(shipped_gpt, cache, suffixes, 8, temperature=0.0, prefix=prefix, free=False)
     assert got == [contiguous_greedy(shipped_gpt, prefix + s, 8) for s in suffixes]
     shared = len(prefix) // 4  # the prefix's full blocks are stored once
     lengths = [len(prefix) + len(s) + 8 - 1 for s in suffixes]   # the last sampled token is never fed back
@@ -157,7 +157,7 @@ def test_gqa_model_decodes_through_pages(make_gpt):
     cache = PagedKVCache.for_model(model, n_blocks=16, block_size=4)
     assert cache.k.shape == (2, 16, 4, 1, 8)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
-    got = generate_paged(model, cache, prompts, 6)
+    got = generate_paged(model, cache, prompts, 6, temperature=0.0)
     assert got == [contiguous_greedy(model, p, 6) for p in prompts]
 
 
@@ -183,11 +183,11 @@ def test_generate_paged_frees_its_sequences_when_the_pool_runs_out(make_gpt):
     cache = PagedKVCache.for_model(model, n_blocks=3, block_size=4)
     cache.add("mine")
     with pytest.raises(PoolExhausted):
-        generate_paged(model, cache, [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], 4)
+        generate_paged(model, cache, [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]], 4, temperature=0.0)
     assert list(cache.manager.tables) == ["mine"] and cache.manager.num_free == 3
     cache.add(0)  # someone else's sequence 0: generate_paged refuses to reuse the id and leaves it alone
     with pytest.raises(ValueError, match="already in the cache"):
-        generate_paged(model, cache, [[1]], 2)
+        generate_paged(model, cache, [[1]], 2, temperature=0.0)
     assert list(cache.manager.tables) == ["mine", 0]
 
 
@@ -196,8 +196,8 @@ def test_paged_decoding_on_the_test_device(make_gpt):
     device = os.environ["COURSE_TEST_DEVICE"]
     model = make_gpt(n_kv_head=2, dropout=0.0)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
-    on_cpu = generate_paged(model, PagedKVCache.for_model(model, 16, 4), prompts, 6, prefix=[20, 21, 22, 23, 24])
+    on_cpu = generate_paged(model, PagedKVCache.for_model(model, 16, 4), prompts, 6, temperature=0.0, prefix=[20, 21, 22, 23, 24])
     model = model.to(device)
     cache = PagedKVCache.for_model(model, 16, 4)
     assert cache.k.device.type == torch.device(device).type
-    assert generate_paged(model, cache, prompts, 6, prefix=[20, 21, 22, 23, 24]) == on_cpu
+    assert generate_paged(model, cache, prompts, 6, temperature=0.0, prefix=[20, 21, 22, 23, 24]) == on_cpu

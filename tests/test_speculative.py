@@ -62,7 +62,7 @@ def test_greedy_identical_same_vocab_draft(make_gpt, k):
         T = int(torch.randint(1, 12, (1,), generator=g))
         x = torch.randint(0, 40, (1, T), generator=g)
         ref = target.generate(x, 20, temperature=0)
-        out, st = speculative_generate(target, draft, x, 20, k=k, return_stats=True)
+        out, st = speculative_generate(target, draft, x, 20, temperature=0.0, k=k, return_stats=True)
         assert torch.equal(out, ref), (k, trial)
         accepted += sum(st.accepted)
     assert accepted > 0  # the test exercised acceptance, not only rejections
@@ -75,7 +75,7 @@ def test_greedy_identical_across_block_size(make_gpt, k):
     draft = _peaky(make_gpt(seed=1, vocab_size=40, n_layer=1, block_size=24, dropout=0.0))
     x = torch.randint(0, 40, (1, 5), generator=torch.Generator().manual_seed(0))
     for new in (19, 20, 30):  # ends exactly at block_size, one past it, well past it
-        assert torch.equal(speculative_generate(target, draft, x, new, k=k), target.generate(x, new, temperature=0))
+        assert torch.equal(speculative_generate(target, draft, x, new, temperature=0.0, k=k), target.generate(x, new, temperature=0))
 
 
 def test_greedy_identical_reduced_vocab_draft(make_gpt):
@@ -83,14 +83,14 @@ def test_greedy_identical_reduced_vocab_draft(make_gpt):
     draft = _subset_draft(target, list(range(0, 60, 2)))  # half the ids: the rest must come from the target
     for seed in range(5):
         x = torch.randint(0, 60, (1, 4), generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(speculative_generate(target, draft, x, 24, k=3), target.generate(x, 24, temperature=0))
+        assert torch.equal(speculative_generate(target, draft, x, 24, temperature=0.0, k=3), target.generate(x, 24, temperature=0))
 
 
 def test_prompt_lookup_greedy_identical(make_gpt):
     target = _peaky(make_gpt(seed=0, vocab_size=12, block_size=64, dropout=0.0), 20.0)  # small vocab: it repeats
     for seed in range(5):
         x = torch.randint(0, 12, (1, 10), generator=torch.Generator().manual_seed(seed))
-        out, st = prompt_lookup_generate(target, x, 40, num_tokens=4, return_stats=True)
+        out, st = prompt_lookup_generate(target, x, 40, temperature=0.0, num_tokens=4, return_stats=True)
         assert torch.equal(out, target.generate(x, 40, temperature=0))
     assert sum(st.proposed) > 0
 
@@ -109,7 +109,7 @@ def test_shipped_draft_greedy_identical_on_every_brand(shipped_gpt):
     total = accepted = 0
     for brand in BRANDS:
         x = torch.tensor([enc.encode(brand)])
-        out, st = speculative_generate(shipped_gpt, draft, x, 48, k=4, return_stats=True)
+        out, st = speculative_generate(shipped_gpt, draft, x, 48, temperature=0.0, k=4, return_stats=True)
         assert torch.equal(out, shipped_gpt.generate(x, 48, temperature=0)), brand
         total, accepted = total + sum(st.proposed), accepted + sum(st.accepted)
     assert accepted / total > 0.5  # a trained draft agrees with its target most of the time
@@ -121,7 +121,7 @@ def test_draft_equal_to_target_accepts_every_token(make_gpt, k):
     left a stale slot, a draft identical to the target would start disagreeing with it."""
     target = _peaky(make_gpt(seed=0, vocab_size=40, block_size=64, dropout=0.0))
     x = torch.tensor([[3, 14, 15]])
-    out, st = speculative_generate(target, target, x, 40, k=k, return_stats=True)
+    out, st = speculative_generate(target, target, x, 40, temperature=0.0, k=k, return_stats=True)
     assert torch.equal(out, target.generate(x, 40, temperature=0))
     assert st.accepted == st.proposed  # every drafted token, in every round
 
@@ -138,13 +138,13 @@ def test_compiled_round_is_one_graph_and_identical(make_gpt, monkeypatch, reduce
                         torch.compile(speculative.greedy_round, backend=counter, fullgraph=True, dynamic=False))
     for seed in range(3):
         x = torch.randint(0, 60, (1, 2 + seed), generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(speculative_generate(target, draft, x, 24, k=3, compile=True),
+        assert torch.equal(speculative_generate(target, draft, x, 24, temperature=0.0, k=3, compile=True),
                            target.generate(x, 24, temperature=0))
     assert counter.graphs == 1
     # compile="steps" (the benchmark's comparison) dispatches to the separate draft-step and verify graphs
     monkeypatch.setitem(speculative._COMPILED, "draft_step_greedy", speculative.draft_step_greedy)
     monkeypatch.setitem(speculative._COMPILED, "verify_greedy", speculative.verify_greedy)
-    assert torch.equal(speculative_generate(target, draft, x, 24, k=3, compile="steps"), target.generate(x, 24, temperature=0))
+    assert torch.equal(speculative_generate(target, draft, x, 24, temperature=0.0, k=3, compile="steps"), target.generate(x, 24, temperature=0))
 
 
 # ------------------------------------------------------------------------------ caches
@@ -211,13 +211,13 @@ def test_bad_arguments_are_clear(make_gpt):
     x = torch.tensor([[1, 2]])
     for k in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="k"):
-            speculative_generate(target, draft, x, 4, k=k)
+            speculative_generate(target, draft, x, 4, temperature=0.0, k=k)
     with pytest.raises(ValueError, match="one sequence"):
-        speculative_generate(target, draft, x.expand(2, -1), 4)
+        speculative_generate(target, draft, x.expand(2, -1), 4, temperature=0.0)
     with pytest.raises(ValueError, match="vocab_size"):
-        speculative_generate(target, make_gpt(seed=1, vocab_size=41), x, 4)
+        speculative_generate(target, make_gpt(seed=1, vocab_size=41), x, 4, temperature=0.0)
     other = make_gpt(seed=0, vocab_size=50, dropout=0.0)
     with pytest.raises(ValueError, match="maps into a vocabulary of 40"):
-        speculative_generate(other, _subset_draft(target, [1, 2, 3]), x, 4)
+        speculative_generate(other, _subset_draft(target, [1, 2, 3]), x, 4, temperature=0.0)
     with pytest.raises(ValueError, match="temperature"):
         speculative_generate(target, draft, x, 4, temperature=-1)

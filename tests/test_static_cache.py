@@ -15,7 +15,7 @@ def test_static_greedy_equals_contiguous_cache(prompt_len, make_gpt):
     model = make_gpt(block_size=32, dropout=0.0)
     x = torch.randint(0, 300, (2, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
     new = 32 - prompt_len
-    assert torch.equal(generate_static(model, x, new), model.generate(x, new, temperature=0))
+    assert torch.equal(generate_static(model, x, new, temperature=0.0), model.generate(x, new, temperature=0))
 
 
 def test_static_sampling_equals_contiguous_with_same_seed(make_gpt):
@@ -31,7 +31,7 @@ def test_static_left_padded_batch_equals_each_prompt_alone(shipped_gpt):
     enc = get_encoding()
     prompts = ["农夫山泉", "Sunbeam Instant Ramen", "元气"]
     ids, mask = pad_batch(enc, prompts, shipped_gpt.block_size)
-    batch = generate_static(shipped_gpt, ids, 12, attention_mask=mask)
+    batch = generate_static(shipped_gpt, ids, 12, temperature=0.0, attention_mask=mask)
     for row, p in enumerate(prompts):
         alone = shipped_gpt.generate(torch.tensor([enc.encode(p)]), 12, temperature=0)
         assert batch[row, -12:].tolist() == alone[0, -12:].tolist(), p
@@ -55,7 +55,7 @@ def test_compiled_static_step_is_one_graph_for_50_steps_and_any_prompt_length(sh
     step = compile_decode_step(backend=counter)
     for prompt in ([100, 200, 300], [5, 6, 7, 8, 9, 10, 11]):
         x = torch.tensor([prompt])
-        out = generate_static(shipped_gpt, x, 51, step=step)  # 50 compiled decode steps
+        out = generate_static(shipped_gpt, x, 51, temperature=0.0, step=step)  # 50 compiled decode steps
         assert torch.equal(out, shipped_gpt.generate(x, 51, temperature=0))
     assert counter.graphs == 1
 
@@ -74,10 +74,10 @@ def test_compiled_growing_cache_recompiles(shipped_gpt):
 def test_static_cache_too_short_names_the_fix(make_gpt):
     model = make_gpt(block_size=16, dropout=0.0)
     with pytest.raises(ValueError, match="need 16 slots .* static cache has max_len 12"):
-        generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7, cache=StaticKVCache.for_model(model, 1, 12))
+        generate_static(model, torch.zeros(1, 10, dtype=torch.long), 7, temperature=0.0, cache=StaticKVCache.for_model(model, 1, 12))
     # a cache of block_size slides its window past block_size, like every loop (was: an error here)
     idx = torch.zeros(1, 10, dtype=torch.long)
-    assert torch.equal(generate_static(model, idx, 7), model.generate(idx, 7, temperature=0))
+    assert torch.equal(generate_static(model, idx, 7, temperature=0.0), model.generate(idx, 7, temperature=0))
 
 
 # ------------------------------------------------------------------ generate_static(compile=...)
@@ -111,7 +111,7 @@ def test_compile_true_is_one_decode_graph_after_many_steps_and_token_exact(shipp
     limit = torch._dynamo.config.recompile_limit
     for p in ("农夫山泉", "Sunbeam Instant Ramen", "元气森林"):  # 3-6 tokens: all in the 16 bucket
         x = torch.tensor([enc.encode(p)])
-        out = generate_static(shipped_gpt, x, 60, compile=True)
+        out = generate_static(shipped_gpt, x, 60, temperature=0.0, compile=True)
         assert torch.equal(out, shipped_gpt.generate(x, 60, temperature=0)), p
     assert counting_compile["decode"].graphs == 1 and counting_compile["prefill"].graphs == 1
     assert torch._dynamo.config.recompile_limit == limit  # raised during the call only (chapter 06 teaches the default)
@@ -123,7 +123,7 @@ def test_compiled_static_equals_eager_cache_with_padding(shipped_gpt, counting_c
     """Batch 1 and a left-padded batch 16 (the bucket adds more padding): the eager contiguous cache's tokens."""
     ids, mask = batch_of(get_encoding(), batch, shipped_gpt.block_size)
     ref = shipped_gpt.generate(ids, 24, temperature=0, attention_mask=mask)
-    assert torch.equal(generate_static(shipped_gpt, ids, 24, attention_mask=mask, compile=compile_), ref)
+    assert torch.equal(generate_static(shipped_gpt, ids, 24, temperature=0.0, attention_mask=mask, compile=compile_), ref)
     assert counting_compile["decode"].graphs == 1
 
 
@@ -131,20 +131,20 @@ def test_inductor_compiled_static_equals_eager_cache(shipped_gpt):
     """The real compiler (inductor's fused kernels, not just dynamo's graph): still token-identical, padded batch 16."""
     ids, mask = batch_of(get_encoding(), 16, shipped_gpt.block_size)
     ref = shipped_gpt.generate(ids, 24, temperature=0, attention_mask=mask)
-    assert torch.equal(generate_static(shipped_gpt, ids, 24, attention_mask=mask, compile=True), ref)
+    assert torch.equal(generate_static(shipped_gpt, ids, 24, temperature=0.0, attention_mask=mask, compile=True), ref)
 
 
 def test_compile_pads_prompt_to_bucket_only_when_new_tokens_fit(make_gpt, counting_compile):
     """A prompt whose bucket would leave no room for the new tokens is prefilled eagerly at its own length (still exact)."""
     model = make_gpt(block_size=32, dropout=0.0)
     x = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(3))
-    assert torch.equal(generate_static(model, x, 12, compile=True), model.generate(x, 12, temperature=0))
+    assert torch.equal(generate_static(model, x, 12, temperature=0.0, compile=True), model.generate(x, 12, temperature=0))
     assert counting_compile["prefill"].graphs == 0
 
 
 def test_compile_argument_is_checked(make_gpt):
     with pytest.raises(ValueError, match="compile must be one of"):
-        generate_static(make_gpt(), torch.zeros(1, 3, dtype=torch.long), 2, compile="yes")
+        generate_static(make_gpt(), torch.zeros(1, 3, dtype=torch.long), 2, temperature=0.0, compile="yes")
 
 
 def test_greedy_fast_path_equals_filtered_argmax():

@@ -77,23 +77,23 @@ def test_generate_rejects_empty_stop(setup):
     with pytest.raises(ValueError, match="stop must not contain an empty string"):
         model.generate(torch.tensor([enc.encode("a")]), 3, stop="")
     with pytest.raises(ValueError, match="stop must not contain an empty string"):
-        generate_batch(model, enc, ["a"], 3, stop="")
+        generate_batch(model, enc, ["a"], 3, temperature=0.0, stop="")
 
 
 def test_rows_finishing_at_different_steps_equal_rows_run_alone(setup):
     model, enc = setup
-    free = generate_batch(model, enc, PROMPTS, 12)  # no stopping: where would each row produce what?
+    free = generate_batch(model, enc, PROMPTS, 12, temperature=0.0)  # no stopping: where would each row produce what?
     ids = [enc.encode(f) for f in free]
     eos = ids[0][3]  # row 0 finishes at its 4th token; the others at other steps or never
     finish = [row.index(eos) if eos in row else None for row in ids]
     assert len(set(finish)) > 1, finish
-    alone = [generate_batch(model, enc, [p], 12, eos_token_id=eos)[0] for p in PROMPTS]
-    assert generate_batch(model, enc, PROMPTS, 12, eos_token_id=eos) == alone
+    alone = [generate_batch(model, enc, [p], 12, temperature=0.0, eos_token_id=eos)[0] for p in PROMPTS]
+    assert generate_batch(model, enc, PROMPTS, 12, temperature=0.0, eos_token_id=eos) == alone
     assert alone[0] == finished_text(enc, ids[0], eos_token_id=eos)
     # the same with a stop string taken from row 0's text
     stop = free[0][len(free[0]) // 2:len(free[0]) // 2 + 2] or free[0]
-    alone = [generate_batch(model, enc, [p], 12, stop=stop)[0] for p in PROMPTS]
-    assert generate_batch(model, enc, PROMPTS, 12, stop=stop, batch_size=3) == alone
+    alone = [generate_batch(model, enc, [p], 12, temperature=0.0, stop=stop)[0] for p in PROMPTS]
+    assert generate_batch(model, enc, PROMPTS, 12, temperature=0.0, stop=stop, batch_size=3) == alone
     assert all(stop not in a for a in alone)
 
 

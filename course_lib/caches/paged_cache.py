@@ -35,7 +35,7 @@ from course_lib.caches.protocol import KVLayout, step_logits
 from course_lib.core.checks import check_int
 from course_lib.core.layers import slot_mask
 from course_lib.decoding.decode import generate_ids
-from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 
 SeqId = Hashable
 
@@ -388,7 +388,7 @@ def _as_token_list(name: str, toks) -> list[int]:
 
 @torch.no_grad()
 def generate_paged(model, cache: PagedKVCache, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, *,
+                   temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None, top_p: float | None = None, *,
                    prefix: Sequence[int] = (), generator: torch.Generator | None = None,
                    free: bool = True, repetition_penalty: float = 1.0, eos_token_id: int | list[int] | None = None,
                    stop: str | list[str] | None = None, pad_token_id: int | None = None, enc=None) -> list[list[int]]:

@@ -35,7 +35,7 @@ from course_lib.caches.protocol import KVLayout, step_logits
 from course_lib.core.checks import check_choice, check_generation_inputs
 from course_lib.core.layers import slot_mask
 from course_lib.decoding.decode import generate_ids
-from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 
 StepFn = Callable[..., torch.Tensor]
 
@@ -290,7 +290,7 @@ class StaticRunner:
 
 
 @torch.no_grad()
-def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+def generate_static(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                     top_p: float | None = None, *, generator: torch.Generator | None = None,
                     attention_mask: torch.Tensor | None = None, cache: StaticKVCache | None = None,
                     step: StepFn = forward_static, prefill: StepFn = forward_static,

@@ -17,7 +17,7 @@ import torch
 from course_lib.core.checks import check_int
 from course_lib.core.paths import display_path
 from course_lib.decoding.decode import encode_prompt, generate_ids
-from course_lib.decoding.sampling import check_sampling_args
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, check_sampling_args
 from course_lib.decoding.stopping import check_stopping_args, finished_text
 from course_lib.text.tokenizer import decode_ids
 
@@ -58,7 +58,7 @@ def pad_batch(enc, prompts: Sequence[str], block_size: int, side: str = "left",
 
 
 @torch.no_grad()
-def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+def generate_batch(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE,
                    top_k: int | None = None, top_p: float | None = None, *, repetition_penalty: float = 1.0,
                    generator: torch.Generator | None = None, batch_size: int = 16, use_cache: bool = True,
                    stop: str | list[str] | None = None, eos_token_id: int | list[int] | None = None,

@@ -34,7 +34,7 @@ import torch
 
 from course_lib.core.checks import check_generation_inputs
 from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
-from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -91,7 +91,7 @@ def _full_rows(x: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                  top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                  use_cache: bool = True, attention_mask: torch.Tensor | None = None,
                  on_step: StepHook | None = None, stop_when: Callable[[torch.Tensor], bool] | None = None,
@@ -194,7 +194,7 @@ def decode_loop(block: int, idx: torch.Tensor, max_new_tokens: int, settings: Sa
 
 
 @torch.no_grad()
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
              top_p: float | None = None, generator: torch.Generator | None = None, *, repetition_penalty: float = 1.0,
              use_cache: bool = True, attention_mask: torch.Tensor | None = None, num_beams: int = 1,
              length_penalty: float = 1.0, early_stopping: bool | str = False,

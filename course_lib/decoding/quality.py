@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from course_lib.decoding.batching import generate_batch
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE
 
 
 @torch.no_grad()
@@ -77,7 +78,7 @@ class StepCounter:
 
 
 @torch.no_grad()
-def generate_scored(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0, *,
+def generate_scored(model, enc, prompts: Sequence[str], max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, *,
                     eos_token_id: int, generator: torch.Generator | None = None, batch_size: int = 64,
                     draw: str = "inverse_cdf") -> tuple[list[str], list[float], list[int]]:
     """Completions (text before eos), each with the model's log-probability of its tokens (eos included;

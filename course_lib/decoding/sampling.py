@@ -22,6 +22,8 @@ import torch
 
 from course_lib.core.checks import check_float, check_int, check_probability, is_valid
 
+DEFAULT_TEMPERATURE = 1.0  # every generation entry point's default: sample the model's own distribution
+# (the seed's `generate(idx, max_new_tokens, temperature=1.0, ...)`); pass temperature=0 for greedy.
 MIN_TEMPERATURE = 1e-6  # smallest temperature > 0: |logit| / 1e-6 stays far below float32's 3.4e38
 
 
@@ -91,7 +93,7 @@ def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None = No
 class SamplingSettings:
     """The knobs of one sampling step, checked once when built (a bad value raises ValueError)."""
 
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0

@@ -49,7 +49,7 @@ from course_lib.caches.protocol import step_logits
 from course_lib.caches.static_cache import StaticKVCache
 from course_lib.core.checks import check_generation_inputs, check_int
 from course_lib.decoding.decode import generate_ids
-from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
@@ -398,7 +398,7 @@ class _LookupDrafter:
 
 
 @torch.no_grad()
-def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = 0.0,
+def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = DEFAULT_TEMPERATURE,
                          top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
                          *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False,
                          eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
@@ -422,7 +422,7 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
 
 @torch.no_grad()
 def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_tokens: int = 8, max_ngram: int = 2,
-                           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                           temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None, top_p: float | None = None,
                            generator: torch.Generator | None = None, *, compile: bool = False,
                            return_stats: bool = False, keep_rounds: bool = False,
                            eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):

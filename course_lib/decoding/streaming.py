@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from course_lib.decoding.decode import encode_prompt, generate_ids
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE
 from course_lib.text.tokenizer import token_bytes
 
 
@@ -55,7 +56,7 @@ class TextStreamer:
 
 
 @torch.no_grad()
-def generate_stream(model, enc, prompt: str, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+def generate_stream(model, enc, prompt: str, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                     top_p: float | None = None, *, repetition_penalty: float = 1.0, generator: torch.Generator | None = None,
                     on_text: Callable[[str], None] | None = None) -> str:
     """Generate from one prompt, handing text to on_text (default: print) as soon as it is complete.

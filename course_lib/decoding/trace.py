@@ -16,7 +16,7 @@ import torch
 
 from course_lib.core.checks import check_int
 from course_lib.decoding.decode import encode_prompt, generate_ids
-from course_lib.decoding.sampling import SamplingSettings
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings
 from course_lib.text.tokenizer import show_token, token_bytes
 
 
@@ -67,7 +67,7 @@ def _visible_text(enc, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def generate_with_trace(model, enc, prompt: str, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+def generate_with_trace(model, enc, prompt: str, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
                         top_p: float | None = None, *, repetition_penalty: float = 1.0,
                         generator: torch.Generator | None = None, n_candidates: int = 5) -> GenerationTrace:
     """Generate from one prompt and record every step: the n most likely tokens with their

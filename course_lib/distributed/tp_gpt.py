@@ -22,7 +22,7 @@ from course_lib.caches.protocol import KVLayout, KVStep
 from course_lib.core.layers import rope_angles, run_blocks
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.runners import CachedRunner
-from course_lib.decoding.sampling import SamplingSettings
+from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.process_group import check_divides
 from course_lib.distributed.tp_layers import TPBlock, VocabParallelTable
@@ -112,7 +112,7 @@ class TPRunner(CachedRunner):
 
 
 @torch.no_grad()
-def tp_generate(model: TPGPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def tp_generate(model: TPGPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = DEFAULT_TEMPERATURE,
                 top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None, *, attention_mask: torch.Tensor | None = None,
                 eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,

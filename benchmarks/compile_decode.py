@@ -5,7 +5,7 @@
 
 Variants (greedy, batch 1, prompt "农夫山泉", the same tokens checked before anything is timed):
 - eager, contiguous cache: `GPT.generate(temperature=0)` (chapter 03's KVCache);
-- eager, static cache: `static_cache.generate_static` with the uncompiled step;
+- eager, static cache: `decoding.static.generate_static` with the uncompiled step;
 - compiled, contiguous cache: `torch.compile(model.decode_step)` (defaults: dynamo marks the growing
   length dynamic after one recompile);
 - compiled, static cache: `static_cache.compile_decode_step()` (fullgraph, static shapes: one graph);
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from course_lib.caches.static_cache import StaticKVCache, compile_decode_step, forward_static, generate_static
+from course_lib.caches.static_cache import StaticKVCache, compile_decode_step, forward_static
 from course_lib.core.device import pick_device
 from course_lib.core.files import atomic_write_text
 from course_lib.core.paths import RUNS, display_path
+from course_lib.decoding.static import generate_static
 from course_lib.text.gpt import load_gpt
 from course_lib.text.tokenizer import get_encoding
 

@@ -51,12 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # hf_llama.py sits nex
 from hf_llama import hf_available, to_hf_llama  # noqa: E402
 
 from course_lib.caches.kv_cache import kv_cache_bytes  # noqa: E402
-from course_lib.caches.static_cache import generate_static  # noqa: E402
 from course_lib.core.device import pick_device  # noqa: E402
 from course_lib.core.files import atomic_write_text  # noqa: E402
 from course_lib.core.paths import RUNS, display_path  # noqa: E402
 from course_lib.core.timing import sync, time_fn  # noqa: E402
 from course_lib.decoding.speed import batch_curve, step_costs  # noqa: E402
+from course_lib.decoding.static import generate_static  # noqa: E402
 from course_lib.text.corpus import BRANDS, generate_corpus  # noqa: E402
 from course_lib.text.gpt import GPT, load_gpt  # noqa: E402
 from course_lib.text.tokenizer import get_encoding  # noqa: E402

@@ -8,7 +8,7 @@ For fp32 (the shipped weights), bf16 (the whole model cast), int8 (per-channel) 
 - held-out loss: the recipe's `course_lib.train.text.evaluate()` (loss on 2,000 held-out-split
   lines, never trained on), and its well-formed rate of 280 samples (20 per brand, T 0.7) with a
   95% Wilson interval;
-- greedy agreement with fp32 over a fixed prompt set (`quantize.agreement_prompts`: every brand,
+- greedy agreement with fp32 over a fixed prompt set (`quality.agreement_prompts`: every brand,
   and each brand with the first word of 8 held-out listings): greedy, up to 160 new tokens or
   until the newline (included); identical lines k/n and the share of fp32's tokens produced before
   the first difference;
@@ -36,10 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib.caches.quantize import (
-    agreement,
-    agreement_prompts,
     dequantize_int4,
-    greedy_lines,
     quantize,
     quantize_groups_int4,
     quantize_per_channel_int8,
@@ -51,6 +48,7 @@ from course_lib.core.paths import RUNS, display_path
 from course_lib.core.stats import fmt_rate
 from course_lib.core.timing import time_fn
 from course_lib.decoding.batching import pad_batch
+from course_lib.decoding.quality import agreement, agreement_prompts, greedy_lines
 from course_lib.text.corpus import BRANDS, generate_corpus
 from course_lib.text.gpt import load_gpt
 from course_lib.text.tokenizer import get_encoding

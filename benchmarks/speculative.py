@@ -6,7 +6,7 @@
 Batch 1, greedy, fp32, the shipped text model and draft, brand prompts (`corpus.BRANDS`). Variants:
 HF `generate` and HF prompt lookup (`prompt_lookup_num_tokens=8`) on a `LlamaForCausalLM` holding the
 shipped weights (benchmarks/hf_llama.py: identical logits); the course's cached loop
-(`GPT.generate`); the compiled static-cache decode (`static_cache.generate_static` with
+(`GPT.generate`); the compiled static-cache decode (`decoding.static.generate_static` with
 `compile_decode_step()`); course prompt lookup (8 tokens, compiled verify); speculative decoding with
 the shipped draft, eager (k=4) and compiled for each k of the sweep: each round one graph (k draft calls and the
 verify), and with --step-graphs also as separately compiled draft-step and verify graphs.
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 
-from course_lib.caches.static_cache import compile_decode_step, generate_static
+from course_lib.caches.static_cache import compile_decode_step
 from course_lib.core.files import atomic_write_text
 from course_lib.core.paths import RUNS, display_path
 from course_lib.core.timing import time_fn
 from course_lib.decoding.speculative import prompt_lookup_generate, speculative_generate
+from course_lib.decoding.static import generate_static
 from course_lib.text.corpus import BRANDS
 from course_lib.text.draft import load_draft
 from course_lib.text.gpt import load_gpt

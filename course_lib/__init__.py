@@ -43,6 +43,8 @@ Where each module is taught (chapter = notebook number):
     decoding.stopping            eos ids, stop strings across tokens, finished rows        02b
     decoding.scoring             sequence_logprob: sum/mean log-prob, perplexity           02b
     decoding.beam                beam search with Hugging Face's rules                     02b
+    decoding.static              the loop over the static cache: compiled steps, bucketed prompts  06, 08
+    decoding.paged               the loop over the paged cache: one request per row, a shared prefix  06b
     decoding.speculative         speculative decoding, prompt lookup                       08
     decoding.trace               traced generation: every step's top candidates            02
     decoding.streaming           UTF-8-safe streaming text out                             03
@@ -94,8 +96,8 @@ _PUBLIC = {
     "beam_search": "decoding.beam",
     "speculative_generate": "decoding.speculative",
     "prompt_lookup_generate": "decoding.speculative",
-    "generate_static": "caches.static_cache",
-    "generate_paged": "caches.paged_cache",
+    "generate_static": "decoding.static",
+    "generate_paged": "decoding.paged",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -14,9 +14,9 @@ from course_lib.caches.static_cache import (
     StaticStep,
     bucket_length,
     forward_static,
-    generate_static,
     pad_left,
 )
+from course_lib.decoding.static import generate_static
 from course_lib.labs.graph_pitfalls import BranchyStep, ReusedOutput
 
 

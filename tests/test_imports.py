@@ -76,6 +76,24 @@ def test_the_model_imports_no_decoding_method():
     assert [(m, f) for m, lazy, f in gpt if lazy] == [("course_lib.decoding.decode", "generate")]
 
 
+# The floors of the package, bottom up: a folder imports only from its own floor and the floors below it
+# (lazy imports included). The model's GPT.generate handing over to the loop is the one arrow up.
+FLOORS = {"core": {"core"}, "caches": {"core", "caches"}, "text": {"core", "caches", "text"},
+          "decoding": {"core", "caches", "text", "decoding"}}
+ARROWS_UP = {("course_lib.text.gpt", "course_lib.decoding.decode")}
+
+
+def test_each_floor_imports_only_from_the_floors_below():
+    up = []
+    for name, deps in GRAPH.items():
+        folder = name.split(".")[1] if name.count(".") >= 2 else None
+        for dep in deps:
+            target = dep.split(".")[1] if dep.count(".") >= 1 else dep
+            if folder in FLOORS and target not in FLOORS[folder] and (name, dep) not in ARROWS_UP:
+                up.append(f"{name} -> {dep}")
+    assert up == [], "imports pointing up a floor:\n" + "\n".join(sorted(up))
+
+
 def test_no_module_level_getattr_outside_the_package_top_level():
     offenders = [name for name, path in MODULES.items() if name != "course_lib"
                  and any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__"

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.caches.paged_cache import PagedKVCache, generate_paged
+from course_lib.caches.paged_cache import PagedKVCache
 from course_lib.caches.protocol import Cache
-from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step, generate_static
+from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step
 from course_lib.decoding.beam import beam_search
 from course_lib.decoding.decode import generate_ids
+from course_lib.decoding.paged import generate_paged
 from course_lib.decoding.speculative import prompt_lookup_generate, speculative_generate
+from course_lib.decoding.static import generate_static
 from course_lib.distributed.comm import Comm
 from course_lib.distributed.launch import free_port, one_launch_at_a_time
 from course_lib.distributed.tp_gpt import TPGPT, tp_generate
@@ -307,10 +309,10 @@ def test_tensor_parallel_world_size_2_gives_the_cached_loops_tokens(tmp_path):
 def test_every_generation_entry_point_has_the_one_default_temperature():
     """One default, the seed's: generate(..., temperature=1.0) samples; greedy is asked for with temperature=0."""
 
-    from course_lib.caches.paged_cache import generate_paged
-    from course_lib.caches.static_cache import generate_static
     from course_lib.decoding import batching, decode, quality, speculative, streaming, trace
+    from course_lib.decoding.paged import generate_paged
     from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings
+    from course_lib.decoding.static import generate_static
     from course_lib.distributed.tp_gpt import tp_generate
     from course_lib.text.gpt import GPT
 

@@ -13,10 +13,10 @@ from course_lib.caches.paged_cache import (
     PagedKVCache,
     PoolExhausted,
     contiguous_slots,
-    generate_paged,
     paged_forward,
     paged_slots,
 )
+from course_lib.decoding.paged import generate_paged
 from course_lib.text.tokenizer import get_encoding
 
 PROMPTS = ["Sunbeam", "农夫山泉 Oat Crackers Honey, 12 pack, family size, gluten free", "伊利", "Crunchwell Oat"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step, forward_static, generate_static
+from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step, forward_static
 from course_lib.decoding.batching import pad_batch
+from course_lib.decoding.static import generate_static
 from course_lib.text.tokenizer import get_encoding
 
 

@@ -7,7 +7,7 @@ between methods plugs in as a *runner* (`Runner`): which cache it keeps and how 
 - `CachedRunner`: chapter 03's contiguous `KVCache` through `model.prefill` / `model.decode_step`
   (also the tensor-parallel shard, whose `TPGPT` has the same two methods);
 - `UncachedRunner`: no cache, the whole window every step (the fair baseline);
-- `static_cache.StaticRunner` (eager or compiled steps), `paged_cache.PagedRunner`,
+- `static.StaticRunner` (eager or compiled steps), `paged.PagedRunner`,
   `distributed.tp_gpt.TPRunner` (a distributed argmax picks the token), the chapter-06 engine's runner.
 
 Beam search (`beam`) keeps its own loop around the same runners and caches: it picks K candidates per

@@ -1,4 +1,5 @@
-"""Measuring what sampling produces (chapter 02): many sampled lines, their well-formed and distinct rates."""
+"""Measuring what decoding produces: many sampled lines, their well-formed and distinct rates (chapter 02),
+and how far a variant's greedy lines follow the original model's (a quantized model, chapter 08b)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from course_lib.decoding.batching import generate_batch
+from course_lib.core.stats import rate, wilson
+from course_lib.decoding.batching import generate_batch, pad_batch
+from course_lib.decoding.beam import beam_search
+from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import DEFAULT_TEMPERATURE
+from course_lib.decoding.stopping import finished_text
+from course_lib.text.corpus import BRANDS, generate_corpus, is_well_formed, split_of
 
 
 @torch.no_grad()
@@ -44,9 +50,6 @@ def line_rates(lines: Sequence[str], train_lines: set[str] | frozenset[str] = fr
     distinct — distinct lines / lines (diversity; capped at 1 and falls as n grows, so compare it
     only at equal n).
     """
-    from course_lib.core.stats import rate
-    from course_lib.text.corpus import is_well_formed, split_of
-
     n = len(lines)
     if n == 0:
         raise ValueError("no lines to measure")
@@ -84,9 +87,6 @@ def generate_scored(model, enc, prompts: Sequence[str], max_new_tokens: int, tem
     """Completions (text before eos), each with the model's log-probability of its tokens (eos included;
     raw logits, as `scoring.sequence_logprob` computes them) and their count, collected while generating:
     scoring afterwards would cost a second pass through the 100k-wide head."""
-    from course_lib.decoding.batching import pad_batch
-    from course_lib.decoding.decode import generate_ids
-    from course_lib.decoding.stopping import finished_text
 
     texts, sums, counts = [], [], []
     eos = torch.tensor([eos_token_id], device=model.device)
@@ -130,10 +130,6 @@ def compare_decoders(model, enc, prompts: Sequence[str], *, beams: Sequence[int]
     "line_logprobs" and "line_tokens" hold each line's summed log-probability and token count, in
     the order of "lines", so per-prompt comparisons can be made.
     """
-    from course_lib.decoding.batching import pad_batch
-    from course_lib.decoding.beam import beam_search
-    from course_lib.decoding.stopping import finished_text
-
     nl = enc.encode("\n")[0]
     rows: list[dict] = []
 
@@ -179,8 +175,6 @@ def difference(a: dict, b: dict, z: float = 1.96) -> dict:
     intervals. Two rates differ at the 95% level when this interval excludes 0 — *not* when their
     own intervals are disjoint: two 95% intervals can overlap while the difference is still clear.
     """
-    from course_lib.core.stats import wilson
-
     if not a["n"] or not b["n"]:
         raise ValueError("both rates need at least one sample")
     pa, pb = a["k"] / a["n"], b["k"] / b["n"]
@@ -262,3 +256,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ------------------------------------------------- what changed: greedy agreement of a variant (chapter 08b)
+AGREEMENT_SEED = 4242  # the held-out lines whose openings are prompts (fixed: the prompt set never changes)
+
+
+def agreement_prompts(per_brand: int = 4, seed: int = AGREEMENT_SEED) -> list[str]:
+    """The fixed prompt set: every brand alone, then each brand with the first word of `per_brand`
+    held-out-split listings (duplicates dropped, order kept)."""
+    prompts = []
+    for brand in BRANDS:
+        prompts.append(brand)
+        for line in generate_corpus(per_brand, seed, split="heldout", brand=brand):
+            words = line.split(" ")
+            prompts.append(" ".join(words[:len(brand.split(" ")) + 1]))
+    return list(dict.fromkeys(prompts))
+
+
+@torch.no_grad()
+def greedy_lines(model: torch.nn.Module, enc, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 32) -> list[list[int]]:
+    """Greedy new token ids per prompt, up to and including the first newline (or max_new_tokens)."""
+    nl = enc.encode("\n")[0]
+    out: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = pad_batch(enc, prompts[start:start + batch_size], model.block_size, device=model.device)
+        full = model.generate(ids, max_new_tokens, temperature=0, attention_mask=mask, eos_token_id=nl)
+        for row in full[:, ids.shape[1]:].tolist():
+            out.append(row[:row.index(nl) + 1] if nl in row else row)
+    return out
+
+
+def agreement(reference: list[list[int]], other: list[list[int]]) -> dict:
+    """How far greedy decoding of a variant follows the reference, prompt by prompt.
+
+    identical: lines whose every new token equals the reference's (k/n with a 95% Wilson interval);
+    token_agreement: the reference's tokens produced before the first difference, over all the
+    reference's tokens (1.0 = no line ever diverges)."""
+    if len(reference) != len(other):
+        raise ValueError(f"reference has {len(reference)} lines, other {len(other)}: run both on the same prompts")
+    same, matched = 0, 0
+    for a, b in zip(reference, other, strict=True):
+        same += a == b
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        matched += n
+    total = sum(map(len, reference))
+    return {"identical": rate(same, len(reference)), "token_agreement": round(matched / max(total, 1), 4),
+            "tokens": total}

@@ -2,9 +2,9 @@
 
 `decoding.decode.decode_loop` asks a runner for last-position logits (prefill over a window, then one token
 per step), to drop finished rows (`select_rows`: the runner asks its cache) and to choose the next token.
-Here: the protocol, the uncached runner and chapter 03's contiguous cache; the static, paged,
-tensor-parallel and chapter-06 runners live beside their caches (`caches.static_cache.StaticRunner`,
-`caches.paged_cache.PagedRunner`, `distributed.tp_gpt.TPRunner`, `labs.engine`).
+Here: the protocol, the uncached runner and chapter 03's contiguous cache. The static and paged runners
+live with the loops that use them (`decoding.static.StaticRunner`, `decoding.paged.PagedRunner`); the
+tensor-parallel and chapter-06 runners with their models (`distributed.tp_gpt.TPRunner`, `labs.engine`).
 """
 
 from __future__ import annotations

@@ -33,12 +33,13 @@ def logprob_of(model, prompt: list[int], cont: list[int]) -> float:
     return total
 
 
-def brute_force(model, prompt, length_penalty, eos=EOS):
-    """Every finished continuation: ends with eos (first eos only) or reaches L tokens without one."""
+def brute_force(model, prompt, length_penalty, ends=lambda cont: cont[-1] == EOS):
+    """Every finished continuation: the first one of its prefixes that ends (an eos id, a stop string), or L
+    tokens without an end."""
     best = None
     for n in range(1, L + 1):
         for cont in itertools.product(range(V), repeat=n):
-            if eos in cont[:-1] or (n < L and cont[-1] != eos):
+            if any(ends(cont[:i]) for i in range(1, n)) or (n < L and not ends(cont)):
                 continue
             score = logprob_of(model, prompt, list(cont)) / n ** length_penalty
             if best is None or score > best[0]:
@@ -56,6 +57,18 @@ def test_exhaustive_beam_equals_brute_force(tiny, prompt, length_penalty):
     assert res.hypotheses[0][0][1] == cont
     assert math.isclose(res.scores[0], score, rel_tol=1e-6, abs_tol=1e-9)
     assert res.sequences[0, len(prompt):len(prompt) + len(cont)].tolist() == cont
+
+
+@pytest.mark.parametrize("stop", ['"#', "$"])  # token ids 1, 2 are '"', '#' in cl100k_base: one stop spans two
+def test_exhaustive_beam_with_a_stop_string_equals_brute_force(tiny, stop):
+    """A stop string finishes a hypothesis like an eos id, even when it spans two tokens."""
+    enc = get_encoding()
+    res = beam_search(tiny, torch.tensor([[0]]), L, V ** L, length_penalty=1.0, early_stopping="never",
+                      stop=stop, enc=enc)
+    score, cont = brute_force(tiny, [0], 1.0, ends=lambda c: stop.encode() in enc.decode_bytes(list(c)))
+    assert res.hypotheses[0][0][1] == cont
+    assert math.isclose(res.scores[0], score, rel_tol=1e-6, abs_tol=1e-9)
+    assert all(stop not in enc.decode(toks[:-1]) for _, toks in res.hypotheses[0])  # nothing runs past a stop
 
 
 def test_small_beams_follow_hugging_face_steps(tiny):
@@ -119,7 +132,6 @@ def test_early_stopping_true_stops_first_and_heap_is_bounded(tiny):
     (dict(num_beams=2, length_penalty=-1.0), "length_penalty must be >= 0 with num_beams > 1"),
     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
     (dict(num_beams=2, top_k=5), "beam search does not sample"),
-    (dict(num_beams=2, stop="\n"), "stop strings are not supported with num_beams > 1"),
     (dict(stop=""), "stop must not contain an empty string"),
 ])
 def test_generate_bad_beam_arguments(tiny, kwargs, needle):

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 
 from course_lib.core.checks import check_generation_inputs
+from course_lib.decoding.beam import beam_search, check_beam_args
 from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import StopCriteria
@@ -201,20 +202,15 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
              eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None,
              pad_token_id: int | None = None) -> torch.Tensor:
     """`GPT.generate`: the decode loop, or beam search when num_beams > 1 (see `GPT.generate`)."""
-    from course_lib.decoding.beam import beam_search, check_beam_args  # beam search builds on this module
-
     check_beam_args(num_beams, length_penalty, early_stopping)
     if num_beams > 1:
         if top_k is not None or (top_p is not None and top_p < 1.0):
             raise ValueError("top_k/top_p filter a sampling step; beam search does not sample "
                              "(use num_beams=1 to sample, or drop top_k/top_p)")
-        if stop is not None:
-            raise ValueError("stop strings are not supported with num_beams > 1; pass eos_token_id "
-                             "(e.g. the id of '\\n' to end a listing)")
         return beam_search(model, idx, max_new_tokens, num_beams, length_penalty=length_penalty,
                            eos_token_id=eos_token_id, early_stopping=early_stopping,
                            repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
-                           attention_mask=attention_mask, use_cache=use_cache).sequences
+                           attention_mask=attention_mask, use_cache=use_cache, stop=stop).sequences
     return generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, repetition_penalty=repetition_penalty,
                         generator=generator, use_cache=use_cache, attention_mask=attention_mask,
                         eos_token_id=eos_token_id, stop=stop, pad_token_id=pad_token_id)

@@ -211,6 +211,14 @@ class StopCriteria:
         return torch.tensor(moved, dtype=torch.long, device=self.state.device)
 
 
+def completes_stop(enc, text_so_far: bytes, token: int, stops: Sequence[bytes]) -> bool:
+    """Does appending `token` to a generated text that holds no stop string yet complete one? Only a
+    match ending inside the new token's bytes is new, so only the last len(stop) - 1 bytes before it
+    are searched (beam search asks this for each candidate extension)."""
+    new = enc.decode_bytes([token])
+    return any(s in text_so_far[-(len(s) - 1):] + new if len(s) > 1 else s in new for s in stops)
+
+
 def finished_text(enc, ids: Sequence[int], eos_token_id=None, stop=None) -> str:
     """The text of generated ids up to (not including) the first eos id or the first stop string.
 

@@ -114,18 +114,9 @@ def test_every_method_gives_the_cached_loops_tokens(kind, enc):
         beam = beam_search(model, idx, NEW, 1, eos_token_id=kw.get("eos_token_id"), stop=kw.get("stop"),
                            attention_mask=kw.get("attention_mask"), enc=enc)
         got["beam 1"] = beam.sequences
-        spec_kw = {k: v for k, v in kw.items() if k != "attention_mask"}
-        if case == "batch":
-            with pytest.raises(ValueError, match="runs one sequence"):
-                speculative_generate(model, draft, idx, NEW, temperature=0.0, k=3)
-            for b, row in enumerate(rows):  # row by row: each row's tokens of the batch
-                x = torch.tensor([row])
-                want = ref[b, idx.shape[1]:]
-                assert speculative_generate(model, draft, x, NEW, temperature=0.0, k=3)[0, len(row):].tolist() == want.tolist()
-                assert prompt_lookup_generate(model, x, NEW, 3, temperature=0.0)[0, len(row):].tolist() == want.tolist()
-        else:
-            got["speculative"] = speculative_generate(model, draft, idx, NEW, temperature=0.0, k=3, enc=enc, **spec_kw)
-            got["prompt lookup"] = prompt_lookup_generate(model, idx, NEW, 3, temperature=0.0, enc=enc, **spec_kw)
+        # a left-padded batch runs row by row inside (acceptance differs per row): same tokens, same shape
+        got["speculative"] = speculative_generate(model, draft, idx, NEW, temperature=0.0, k=3, enc=enc, **kw)
+        got["prompt lookup"] = prompt_lookup_generate(model, idx, NEW, 3, temperature=0.0, enc=enc, **kw)
         for name, out in got.items():
             assert out.tolist() == ref.tolist(), f"{name}, {kind}, {case}"
     assert counter.graphs >= 1  # the compiled step really went through dynamo

@@ -204,6 +204,25 @@ def test_speculative_sampling_matches_target_distribution(make_gpt, drafter):
     assert chi2_pvalue(counts, joint) > 1e-3
 
 
+def test_a_padded_batch_with_eos_gives_each_rows_own_tokens(make_gpt):
+    """Rows run one at a time without their padding; one that finishes early is padded like in the decode loop."""
+    target = make_gpt(seed=0, vocab_size=40, dropout=0.0)
+    draft = make_gpt(seed=1, vocab_size=40, dropout=0.0)
+    rows = [[5, 6, 7, 8], [9, 10]]
+    alone = [target.generate(torch.tensor([r]), 12, temperature=0)[0, len(r):].tolist() for r in rows]
+    eos = alone[1][3]  # row 1 produces this id by its 4th new token at the latest
+    end = alone[1].index(eos)
+    ids = torch.tensor([rows[0], [0, 0] + rows[1]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    ref = target.generate(ids, 12, temperature=0, attention_mask=mask, eos_token_id=eos, pad_token_id=39)
+    for out in (speculative_generate(target, draft, ids, 12, temperature=0.0, k=3, attention_mask=mask,
+                                     eos_token_id=eos, pad_token_id=39),
+                prompt_lookup_generate(target, ids, 12, 2, temperature=0.0, attention_mask=mask, eos_token_id=eos,
+                                       pad_token_id=39)):
+        assert out.tolist() == ref.tolist()
+    assert ref[1, 4:5 + end].tolist() == alone[1][:end + 1] and set(ref[1, 5 + end:].tolist()) <= {39}  # then padding
+
+
 # ------------------------------------------------------------------------------ bad input
 def test_bad_arguments_are_clear(make_gpt):
     target = make_gpt(seed=0, vocab_size=40, dropout=0.0)
@@ -212,8 +231,8 @@ def test_bad_arguments_are_clear(make_gpt):
     for k in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="k"):
             speculative_generate(target, draft, x, 4, temperature=0.0, k=k)
-    with pytest.raises(ValueError, match="one sequence"):
-        speculative_generate(target, draft, x.expand(2, -1), 4, temperature=0.0)
+    with pytest.raises(ValueError, match="attention_mask"):
+        speculative_generate(target, draft, x.expand(2, -1), 4, temperature=0.0, attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="vocab_size"):
         speculative_generate(target, make_gpt(seed=1, vocab_size=41), x, 4, temperature=0.0)
     other = make_gpt(seed=0, vocab_size=50, dropout=0.0)

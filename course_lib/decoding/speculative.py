@@ -199,16 +199,15 @@ def _greedy_round(target, draft, tcache: StaticKVCache, dcache: StaticKVCache, l
     return greedy_round(target, draft, tcache, dcache, last2, pos2, k, lut, vocab_ids)
 
 
-def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int) -> None:
+def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int, attention_mask=None,
+                pad_token_id=None) -> torch.Tensor | None:
     check_sampling_args(max_new_tokens=max_new_tokens)
     check_int("k (tokens drafted per round; k=4 is a good start)", k, low=1)
-    check_generation_inputs(idx, target.h_params["vocab_size"])
-    if idx.shape[0] != 1:
-        raise ValueError(f"speculative decoding runs one sequence: idx must be (1, T) with T >= 1, got {tuple(idx.shape)}; "
-                         "loop over the rows (acceptance differs per row)")
+    mask = check_generation_inputs(idx, target.h_params["vocab_size"], attention_mask, pad_token_id)
     if idx.shape[1] > target.block_size:  # the policy of every loop: warn, then the window keeps the last block_size
         warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {target.block_size}: "
                       f"the model sees only the last {target.block_size}", stacklevel=3)
+    return mask
 
 
 def _stopper(eos_token_id, stop, enc, device) -> tuple[StopCriteria, object]:
@@ -216,6 +215,13 @@ def _stopper(eos_token_id, stop, enc, device) -> tuple[StopCriteria, object]:
         from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
         enc = get_encoding()
     return StopCriteria(1, eos_token_id, stop, enc, device=device), enc
+
+
+def _pad_id(pad_token_id: int | None, stopper: StopCriteria, enc) -> int:
+    """The decode loop's default padding for finished rows: the first eos id, else <|endoftext|>."""
+    if pad_token_id is not None:
+        return pad_token_id
+    return stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
 
 
 def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings,
@@ -289,6 +295,26 @@ def _cut_at_stop(out: torch.Tensor, T: int, eos_token_id, stop, enc) -> torch.Te
     stopper = StopCriteria(1, eos_token_id, stop, enc, device=out.device)
     end = _stops_at(stopper, out[0, T:].tolist()) if stopper.active else None
     return out if end is None else out[:, :T + end + 1]
+
+
+def _each_row(run_one, idx: torch.Tensor, mask: torch.Tensor | None, stats: SpecStats, pad: int) -> torch.Tensor:
+    """A (left-padded) batch, one row at a time: rows accept different numbers of guesses per round, so
+    their caches would need different write positions every round. Each row runs alone without its
+    padding (what the decode loop's per-row positions give a padded row, so the tokens are the same);
+    the result has the decode loop's shape: (B, T + the longest row's new tokens), shorter rows padded."""
+    if idx.shape[0] == 1 and (mask is None or bool(mask.all())):
+        return run_one(idx)
+    T, news, made = idx.shape[1], [], 0
+    for b in range(idx.shape[0]):
+        row = idx[b:b + 1] if mask is None else idx[b:b + 1, mask[b].bool()]
+        news.append(run_one(row)[0, row.shape[1]:])
+        made += stats.new_tokens                      # each run reports its own row
+    stats.new_tokens = made
+    out = torch.full((idx.shape[0], T + max(len(n) for n in news)), pad, dtype=idx.dtype, device=idx.device)
+    out[:, :T] = idx
+    for b, n in enumerate(news):
+        out[b, T:T + len(n)] = n
+    return out
 
 
 class _ModelDrafter:
@@ -401,10 +427,13 @@ class _LookupDrafter:
 def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, k: int = 4, temperature: float = DEFAULT_TEMPERATURE,
                          top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
                          *, compile: bool | str = False, return_stats: bool = False, keep_rounds: bool = False,
-                         eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
-    """Append max_new_tokens tokens to idx (1, T) with `draft` proposing k tokens per target forward pass.
+                         eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None,
+                         attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None):
+    """Append max_new_tokens tokens to idx (B, T) with `draft` proposing k tokens per target forward pass.
 
-    Same shape convention as `GPT.generate`: returns (1, T + max_new_tokens). temperature=0 is greedy and
+    Same shape convention as `GPT.generate`: returns (B, T + max_new_tokens), a left-padded batch
+    (attention_mask) running one row at a time (`_each_row`); eos ids and stop strings finish a row early,
+    padded with pad_token_id (default the first eos id, else <|endoftext|>). temperature=0 is greedy and
     token-identical to `target.generate(idx, n, temperature=0)` (up to float near-ties); otherwise the rejection rule makes the
     output distributed as the target's sampling with the same temperature/top-k/top-p. compile=True
     runs each greedy round as one compiled graph (compile="steps": separate draft-step and verify graphs, kept for
@@ -412,11 +441,16 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
     (ids, SpecStats); keep_rounds also records every round's drafted tokens.
     """
     settings = SamplingSettings(temperature, top_k, top_p)
-    _check_args(target, idx, max_new_tokens, k)
+    mask = _check_args(target, idx, max_new_tokens, k, attention_mask, pad_token_id)
     stats = SpecStats(k, keep_rounds=keep_rounds)
     stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
-    out = _run(target, _ModelDrafter(target, draft), idx, max_new_tokens, k, settings, generator, compile, stats, stopper)
-    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
+
+    def one_row(row: torch.Tensor) -> torch.Tensor:
+        out = _run(target, _ModelDrafter(target, draft), row, max_new_tokens, k, settings, generator, compile, stats,
+                   _stopper(eos_token_id, stop, enc, row.device)[0])
+        return _cut_at_stop(out, row.shape[1], eos_token_id, stop, enc)
+
+    out = _each_row(one_row, idx, mask, stats, _pad_id(pad_token_id, stopper, enc))
     return (out, stats) if return_stats else out
 
 
@@ -425,15 +459,20 @@ def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_t
                            temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None, top_p: float | None = None,
                            generator: torch.Generator | None = None, *, compile: bool = False,
                            return_stats: bool = False, keep_rounds: bool = False,
-                           eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None):
+                           eos_token_id: int | list[int] | None = None, stop: str | list[str] | None = None, enc=None,
+                           attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None):
     """Speculative decoding with prompt lookup as the drafter (HF `prompt_lookup_num_tokens=num_tokens`,
-    `max_matching_ngram_size=max_ngram`). Same guarantees as `speculative_generate`."""
+    `max_matching_ngram_size=max_ngram`). Same guarantees and batch rules as `speculative_generate`."""
     settings = SamplingSettings(temperature, top_k, top_p)
-    _check_args(target, idx, max_new_tokens, num_tokens)
+    mask = _check_args(target, idx, max_new_tokens, num_tokens, attention_mask, pad_token_id)
     check_int("max_ngram", max_ngram, low=1)
     stats = SpecStats(num_tokens, keep_rounds=keep_rounds)
     stopper, enc = _stopper(eos_token_id, stop, enc, idx.device)
-    out = _run(target, _LookupDrafter(max_ngram), idx, max_new_tokens, num_tokens, settings, generator, compile, stats,
-               stopper)
-    out = _cut_at_stop(out, idx.shape[1], eos_token_id, stop, enc)
+
+    def one_row(row: torch.Tensor) -> torch.Tensor:
+        out = _run(target, _LookupDrafter(max_ngram), row, max_new_tokens, num_tokens, settings, generator, compile,
+                   stats, _stopper(eos_token_id, stop, enc, row.device)[0])
+        return _cut_at_stop(out, row.shape[1], eos_token_id, stop, enc)
+
+    out = _each_row(one_row, idx, mask, stats, _pad_id(pad_token_id, stopper, enc))
     return (out, stats) if return_stats else out

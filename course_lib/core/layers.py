@@ -196,19 +196,22 @@ def run_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, rope: tuple[torch.T
 
 # ------------------------------------------------------------------------------- masks
 def slot_mask(q_slots: torch.Tensor, n_keys: int, key_valid: torch.Tensor | None = None,
-              causal: bool = True) -> torch.Tensor:
+              causal: bool = True, window: int | None = None) -> torch.Tensor:
     """THE mask rule, used by every cache (contiguous, static, paged) and by a forward pass without one.
 
     q_slots (T,) or (B, T): the slot each new query sits at; keys are slots 0 .. n_keys - 1. Returns a
     boolean (B or 1, 1, T, n_keys), True = "may attend": a causal query sees every slot <= its own;
     key_valid (B, >= n_keys) marks real tokens with 1, and padding is never attended, except that a
     query always sees its own slot (a padded query would otherwise see nothing: softmax of all -inf
-    is NaN; its output is garbage and never read).
+    is NaN; its output is garbage and never read). window: a query sees only the last `window` slots up
+    to its own (a sliding window, chapter 05's long-context experiment).
     """
     q = q_slots if q_slots.dim() == 2 else q_slots[None]                      # (B or 1, T)
     k_slot = torch.arange(n_keys, device=q.device)[None, None, :]              # (1, 1, n_keys)
     own = k_slot == q[:, :, None]                                              # (B or 1, T, n_keys)
     mask = (k_slot <= q[:, :, None]) if causal else torch.ones_like(own)
+    if window is not None:
+        mask = mask & (q[:, :, None] - k_slot < window)
     if key_valid is not None:
         mask = (mask & key_valid[:, None, :n_keys].bool()) | own
     return mask[:, None]

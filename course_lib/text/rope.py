@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core.layers import Attention, apply_rope, rope_angles, run_blocks
+from course_lib.core.layers import Attention, apply_rope, rope_angles, run_blocks, slot_mask
 
 LAYOUTS = ("rotate_half", "interleaved")
 
@@ -137,10 +137,9 @@ def scaled_positions_and_theta(position_ids: torch.Tensor, theta: float, head_di
 
 
 def window_mask(T: int, window: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Causal band (1, 1, T, T): query t sees keys t - window + 1 .. t (a sliding window as a mask)."""
-    q = torch.arange(T, device=device)[:, None]
-    k = torch.arange(T, device=device)[None, :]
-    return ((k <= q) & (q - k < window))[None, None]
+    """Causal band (1, 1, T, T): query t sees keys t - window + 1 .. t (a sliding window as a mask);
+    the one mask rule (`layers.slot_mask`) with a window."""
+    return slot_mask(torch.arange(T, device=device), T, window=window)
 
 
 @torch.no_grad()

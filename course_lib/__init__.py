@@ -72,9 +72,31 @@ The public names below are importable from the top level (``from course_lib impo
 wherever their module lives; they load on first use so that ``import course_lib`` stays cheap.
 """
 
+import sys
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+
+def _one_line_on_ctrl_c_in_commands() -> None:
+    """`python -m course_lib....` commands: a Ctrl-C that lands before a command's own handler is in place
+    (while it still imports torch, a second or two) prints one line instead of a traceback. Python then
+    ends the process by SIGINT as usual (exit status 130 in a shell). While the package is imported by
+    `-m`, sys.argv[0] is "-m"; notebooks, tests and programs that import course_lib are left alone."""
+    if sys.argv[:1] != ["-m"]:
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+_one_line_on_ctrl_c_in_commands()
 
 _PUBLIC = {
     "get_encoding": "text.tokenizer",

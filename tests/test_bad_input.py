@@ -1100,3 +1100,20 @@ def test_grade_out_through_a_symlink_is_judged_by_its_target(tmp_path, capsys, t
         _grade(tmp_path, tiny_course_dir, str(tmp_path / "h"), "--out", str(link))
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and ("inside the course" in err[-1] or "cannot resolve" in err[-1]), err
+
+
+@pytest.mark.parametrize("as_command", [True, False], ids=["python -m", "imported"])
+def test_ctrl_c_before_a_commands_handler_is_one_line(as_command):
+    """A Ctrl-C while a `python -m course_lib....` command still imports torch never reaches the command's own
+    handler: the package prints one line for it (exit by SIGINT, 130 in a shell). Code that merely imports
+    course_lib keeps Python's usual traceback."""
+    code = ("import sys\n"
+            + ("sys.argv[0] = '-m'  # what Python sets while `-m` imports the package\n" if as_command else "")
+            + "import course_lib\n"
+            "raise KeyboardInterrupt\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert r.returncode in (-2, 130)
+    if as_command:
+        assert r.stderr.splitlines() == ["interrupted (Ctrl-C)"]
+    else:
+        assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr

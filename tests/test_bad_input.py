@@ -1117,3 +1117,16 @@ def test_ctrl_c_before_a_commands_handler_is_one_line(as_command):
         assert r.stderr.splitlines() == ["interrupted (Ctrl-C)"]
     else:
         assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr
+
+
+@pytest.mark.parametrize("module", ["course_lib.decoding.quality", "course_lib.decoding.speed"])
+def test_measuring_clis_never_overwrite_a_saved_run(module, tmp_path, capsys):
+    import importlib
+
+    saved = tmp_path / "run.json"
+    saved.write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--out", str(saved)])
+    assert exc.value.code == 2
+    assert "exists; runs never overwrite earlier results: pass a new --out" in capsys.readouterr().err
+    assert saved.read_text() == "{}"

@@ -150,3 +150,13 @@ def fresh_output_file(arg: str | Path) -> Path:
         raise FileExistsError(f"{arg} exists; runs never overwrite earlier results: pass a new --out")
     return out
 
+
+def fresh_output_arg(arg: str) -> Path:
+    """`fresh_output_file` as an argparse `type=`: an existing file is a usage error (one line, exit 2)."""
+    import argparse
+
+    try:
+        return fresh_output_file(arg)
+    except FileExistsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+

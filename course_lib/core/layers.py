@@ -126,9 +126,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 attn_mask: torch.Tensor | None = None, kv_cache=None) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         d, kv = self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.qkv(x).split([C, kv, kv], dim=-1)
+        q, k, v = self.qkv(x).split([self.n_head * d, kv, kv], dim=-1)
         q = q.view(B, T, self.n_head, d).transpose(1, 2)         # (B, H, T, d)
         k = k.view(B, T, self.n_kv_head, d).transpose(1, 2)      # (B, H_kv, T, d)
         v = v.view(B, T, self.n_kv_head, d).transpose(1, 2)
@@ -143,7 +143,7 @@ class Attention(nn.Module):
         is_causal = self.causal and attn_mask is None and kv_cache is None
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * d))  # n_head * d = C (fewer: a TP shard)
 
 
 class SwiGLU(nn.Module):

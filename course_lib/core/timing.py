@@ -220,28 +220,40 @@ def compare(variants: Mapping[str, Callable[[], Any]], *, rounds: int = 7, warmu
     warmup = check_int("warmup", warmup, low=0)
     number = check_int("number", number, low=1)
     baseline = _check_baseline(baseline, names)
-    for r in range(warmup):
-        for n in _round_order(names, r):
-            variants[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
     results: dict[str, Any] = {}
-    order: list[str] = []
-    for r in range(rounds):
-        for n in _round_order(names, r):
-            fn = variants[n]
-            sync(device)
-            t0 = clock()
-            for _ in range(number):
-                results[n] = fn()
-            sync(device)
-            times[n].append((clock() - t0) / number)
-            order.append(n)
+
+    def measure(n: str) -> float:
+        fn = variants[n]
+        sync(device)
+        t0 = clock()
+        for _ in range(number):
+            results[n] = fn()
+        sync(device)
+        return (clock() - t0) / number
+
+    times, order = _interleaved_rounds(variants, names, rounds, warmup, measure)
     return Comparison(times, baseline, unit=unit, results=results, order=order)
 
 
 def _round_order(names: list[str], r: int) -> list[str]:
     """Round r's call order: the variants rotated by r (A B C, B C A, C A B, ...)."""
     return names[r % len(names):] + names[:r % len(names)]
+
+
+def _interleaved_rounds(variants: Mapping[str, Callable[[], Any]], names: list[str], rounds: int, warmup: int,
+                        measure: Callable[[str], float]) -> tuple[dict[str, list[float]], list[str]]:
+    """`warmup` untimed rounds, then `rounds` timed ones, each in its rotated order; measure(name) -> the
+    seconds of one timing. Returns every variant's times and the order the timings were taken in."""
+    for r in range(warmup):
+        for n in _round_order(names, r):
+            variants[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    order: list[str] = []
+    for r in range(rounds):
+        for n in _round_order(names, r):
+            times[n].append(measure(n))
+            order.append(n)
+    return times, order
 
 
 def compare_reported(variants: Mapping[str, Callable[[], float]], *, rounds: int = 5, warmup: int = 0,
@@ -253,19 +265,15 @@ def compare_reported(variants: Mapping[str, Callable[[], float]], *, rounds: int
     rounds = check_int("rounds", rounds, low=1)
     warmup = check_int("warmup", warmup, low=0)
     baseline = _check_baseline(baseline, names)
-    for r in range(warmup):
-        for n in _round_order(names, r):
-            variants[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    order: list[str] = []
-    for r in range(rounds):
-        for n in _round_order(names, r):
-            seconds = variants[n]()
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 \
-                    or seconds == float("inf"):
-                raise ValueError(f"variant {n!r} must return the positive, finite seconds it measured; got {seconds!r}")
-            times[n].append(float(seconds))
-            order.append(n)
+
+    def measure(n: str) -> float:
+        seconds = variants[n]()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0 \
+                or seconds == float("inf"):
+            raise ValueError(f"variant {n!r} must return the positive, finite seconds it measured; got {seconds!r}")
+        return float(seconds)
+
+    times, order = _interleaved_rounds(variants, names, rounds, warmup, measure)
     return Comparison(times, baseline, unit=unit, order=order)
 
 

@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import platform
     import sys
 
-    from course_lib.core.files import atomic_write_text, fresh_output_file
+    from course_lib.core.files import atomic_write_text, fresh_output_arg
     from course_lib.text.corpus import BRANDS, generate_corpus
     from course_lib.text.gpt import load_gpt
     from course_lib.text.tokenizer import get_encoding
@@ -230,16 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-lines", type=int, default=150_000, help="lines of the training stream (seed 1234)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists)")
+    ap.add_argument("--out", required=True, type=fresh_output_arg, help="JSON file to write (refused if it exists)")
     args = ap.parse_args(argv)
     if args.samples_per_brand < 1 or args.train_lines < 0 or args.threads < 1:
         print("error: --samples-per-brand and --threads must be >= 1, --train-lines >= 0", file=sys.stderr)
         return 2
-    try:
-        out = fresh_output_file(args.out)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = args.out
     torch.set_num_threads(args.threads)
     model, enc = load_gpt(device="cpu"), get_encoding()
     train_set = set(generate_corpus(args.train_lines, 1234, split="train"))

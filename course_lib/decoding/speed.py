@@ -151,22 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import sys
 
-    from course_lib.core.files import atomic_write_text, fresh_output_file
+    from course_lib.core.files import atomic_write_text, fresh_output_arg
     from course_lib.text.gpt import load_gpt
 
     ap = argparse.ArgumentParser(prog="python -m course_lib.decoding.speed", description=main.__doc__)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True, help="JSON file to write (refused if it exists)")
+    ap.add_argument("--out", required=True, type=fresh_output_arg, help="JSON file to write (refused if it exists)")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         print("error: --rounds and --threads must be >= 1", file=sys.stderr)
         return 2
-    try:
-        out = fresh_output_file(args.out)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = args.out
     torch.set_num_threads(args.threads)
     model = load_gpt(device="cpu")
     load_before = os.getloadavg()[0]

@@ -53,7 +53,7 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
     return lin
 
 
-class TPAttention(nn.Module):
+class TPAttention(Attention):
     """This rank's heads of an `Attention`: q, k, v of its heads (column), their output columns (row).
 
     With grouped-query attention (n_kv_head < n_head) the key/value heads are the unit of the split:
@@ -63,16 +63,19 @@ class TPAttention(nn.Module):
     heads, so every rank keeps whole groups and attention needs no communication. A world size that
     does not divide n_kv_head is refused (1 key/value head, multi-query, cannot be split: no
     replication here, so every weight lives on exactly one rank).
+
+    The computation is `Attention.forward` itself, over this rank's heads (it reads the head counts and
+    the projections from the module): no second copy of the attention code to keep in step.
     """
 
     def __init__(self, attn: Attention, rank: int, world_size: int):
-        super().__init__()
+        nn.Module.__init__(self)  # not Attention.__init__: the weights are a slice of attn's, not new ones
         H, H_kv, d = attn.n_head, attn.n_kv_head, attn.head_dim
         if H % world_size or H_kv % world_size:
             raise ValueError(f"world size {world_size} must divide n_head {H} and n_kv_head {H_kv}: "
                              "every rank holds whole key/value heads and the query heads that share them")
         self.n_head, self.n_kv_head, self.head_dim = H // world_size, H_kv // world_size, d
-        self.causal, self.rope_fn = attn.causal, attn.rope_fn
+        self.causal, self.rope_fn, self.dropout = attn.causal, attn.rope_fn, 0.0
         h0, g0 = rank * self.n_head, rank * self.n_kv_head
         q_rows = slice(h0 * d, (h0 + self.n_head) * d)  # this rank's query heads (rows of q)
         kv_rows = slice(g0 * d, (g0 + self.n_kv_head) * d)  # its key/value heads (rows of k, of v)
@@ -83,23 +86,8 @@ class TPAttention(nn.Module):
 
     def partial(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: torch.Tensor | None = None,
                 kv_cache=None) -> torch.Tensor:
-        """The same computation as Attention.forward over this rank's heads; returns a partial (B, T, C)."""
-        B, T, _ = x.shape
-        d, q_width, kv_width = self.head_dim, self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
-        q = q.view(B, T, self.n_head, d).transpose(1, 2)  # (B, q, T, d)
-        k = k.view(B, T, self.n_kv_head, d).transpose(1, 2)  # (B, kv, T, d)
-        v = v.view(B, T, self.n_kv_head, d).transpose(1, 2)
-        cos, sin = rope
-        q, k = self.rope_fn(q, cos, sin), self.rope_fn(k, cos, sin)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v)  # the cache holds only this rank's key/value heads
-        if self.n_kv_head != self.n_head:  # local query head j reads local key/value head j // group
-            group = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        is_causal = self.causal and attn_mask is None and kv_cache is None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.proj(y.transpose(1, 2).reshape(B, T, q_width))
+        """Attention.forward over this rank's heads: a partial (B, T, C) that the all-reduce sums."""
+        return self(x, rope, attn_mask, kv_cache)
 
 
 class TPSwiGLU(nn.Module):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.caches.paged_cache import PagedKVCache
+from course_lib.caches.paged_cache import PagedBatch, PagedKVCache
 from course_lib.caches.protocol import Cache
 from course_lib.caches.static_cache import GraphCounter, StaticKVCache, compile_decode_step
 from course_lib.decoding.beam import beam_search
@@ -240,6 +240,7 @@ def test_every_cache_is_built_the_same_way_and_asked_not_edited():
         cache = cls.for_model(model, 2, 16)
         assert cache.k.shape[-2 if cls is PagedKVCache else 2] == 2  # n_kv_head key/value heads
     assert isinstance(model.new_cache(1), Cache) and isinstance(StaticKVCache.for_model(model, 1), Cache)
+    assert isinstance(PagedBatch(PagedKVCache.for_model(model, 2, 16), [0, 1]), Cache)  # the pool's batches
     contiguous = type(model.new_cache(1)).for_model(model, 3, 16)
     assert contiguous.k.shape == (2, 3, 2, 16, 8) and contiguous.batch_size == 3
     contiguous.k[:, :, :, :1] = torch.arange(3.0)[None, :, None, None, None]

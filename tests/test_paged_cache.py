@@ -201,3 +201,43 @@ def test_paged_decoding_on_the_test_device(make_gpt):
     cache = PagedKVCache.for_model(model, 16, 4)
     assert cache.k.device.type == torch.device(device).type
     assert generate_paged(model, cache, prompts, 6, temperature=0.0, prefix=[20, 21, 22, 23, 24]) == on_cpu
+
+
+def test_a_paged_batch_answers_to_the_cache_protocol():
+    """Dropping a row frees its blocks, repeating one forks it (shared blocks), reordering permutes the rows."""
+    from course_lib.caches.paged_cache import PagedBatch
+    from course_lib.caches.protocol import Cache
+
+    cache = PagedKVCache(1, 1, 2, n_blocks=8, block_size=4)
+    batch = PagedBatch(cache, ["a", "b", "c"])
+    assert isinstance(batch, Cache) and batch.batch_size == 3 and batch.length == 0
+    batch.reset()  # every row empty and registered
+    batch.step(5)  # 5 tokens each: 2 blocks per row
+    assert batch.length == 5 and cache.manager.num_used == 6
+    forks = batch.select_rows(torch.tensor([2, 0, 0]))  # b dropped, a repeated, c first
+    assert batch.seq_ids == ["c", "a", forks[0]] and forks == [("fork", 1)]
+    assert cache.manager.tables[forks[0]] == cache.manager.tables["a"] and cache.manager.num_used == 4  # shared
+    batch.step(1)  # the fork writes into the shared, partly filled last block: copied first
+    assert cache.manager.tables[forks[0]][0] == cache.manager.tables["a"][0]
+    assert cache.manager.tables[forks[0]][1] != cache.manager.tables["a"][1]
+    batch.select_rows(torch.tensor([1]))
+    assert batch.seq_ids == ["a"] and set(cache.manager.tables) == {"a"} and cache.manager.num_used == 2
+
+
+def test_beam_search_on_a_paged_cache_equals_the_contiguous_cache(make_gpt):
+    """Beams kept as forked sequences of a paged pool (copy-on-write) give the contiguous cache's beams and scores."""
+    from course_lib.decoding.beam import beam_search
+    from course_lib.decoding.paged import PagedRunner
+
+    model = make_gpt(seed=2, vocab_size=60, n_embd=32, n_layer=2, n_head=4, block_size=24, dropout=0.0)
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    K = 3
+    for eos in (None, 4):
+        ref = beam_search(model, ids, 10, K, eos_token_id=eos, attention_mask=mask)
+        cache = PagedKVCache.for_model(model, n_blocks=64, block_size=4)
+        runner = PagedRunner(model, cache, ids.shape[0] * K)
+        got = beam_search(model, ids, 10, K, eos_token_id=eos, attention_mask=mask, runner=runner)
+        assert got.sequences.tolist() == ref.sequences.tolist()
+        assert got.scores == pytest.approx(ref.scores, rel=1e-6)  # float32 logits summed in another order
+        assert len(runner.owned()) == ids.shape[0] * K  # the live beams, each a sequence of the pool

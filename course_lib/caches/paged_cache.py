@@ -13,8 +13,9 @@ into fixed-size **blocks** of `block_size` token slots and hands them out as a s
   that is only partly filled is copied before a sequence writes into it (**copy-on-write**).
 
 `BlockManager` is the bookkeeping (plain Python, no tensors). `PagedKVCache` owns the pool tensors and a
-manager; `cache.step(seq_ids, T)` reserves T slots per sequence and returns the object the model's
-forward pass talks to (`layer(i).update(k, v)`, as every cache in the course), with positions and a mask.
+manager; a `PagedBatch` is a batch of its sequences, answering to the cache protocol like every cache.
+`cache.step(seq_ids, T)` reserves T slots per sequence and returns the object the model's forward pass
+talks to (`layer(i).update(k, v)`, as every cache in the course), with positions and a mask.
 Attention gathers each sequence's blocks back into token order, so it is token-exact with the
 contiguous cache; a real kernel (vLLM's) reads the blocks in place instead of gathering them.
 The step masks with `layers.slot_mask` (the one mask rule) and runs `caches.protocol.step_logits` (the one
@@ -267,6 +268,64 @@ class PagedKVCache:
             self.k[:, dst] = self.k[:, src]
             self.v[:, dst] = self.v[:, src]
         return PagedStep(self, seq_ids, starts, slots)
+
+
+class PagedBatch:
+    """A batch's rows in the pool: row b is sequence seq_ids[b]. It answers to the `Cache` protocol like
+    every other cache (batch_size, length, reset, select_rows); `step(n_new)` is a forward pass's view.
+
+    select_rows drops a row by freeing its sequence and repeats one by forking it: the copies share
+    every block (copy-on-write), so beam search keeps K beams without copying their common prefix,
+    which is how vLLM runs beam search on a paged cache.
+    """
+
+    def __init__(self, cache: PagedKVCache, seq_ids: Sequence[SeqId]):
+        self.cache, self.seq_ids = cache, list(seq_ids)
+        self._forks = 0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def length(self) -> int:
+        """The longest row's stored tokens (the rows of a paged batch differ: no padding is stored)."""
+        lengths = self.cache.manager.lengths
+        return max((lengths.get(s, 0) for s in self.seq_ids), default=0)
+
+    def reset(self) -> None:
+        """Every row empty again (its blocks go back to the pool)."""
+        for seq in self.seq_ids:
+            if seq in self.cache.manager.tables:
+                self.cache.free(seq)
+            self.cache.add(seq)
+
+    def select_rows(self, rows: torch.Tensor) -> list[SeqId]:
+        """Row i becomes what row rows[i] held: unpicked sequences are freed, a row picked again is forked.
+        Returns the ids of the forks (new sequences, named ("fork", n))."""
+        kept: set[SeqId] = set()
+        new_ids, forks = [], []
+        for i in rows.tolist():
+            seq = self.seq_ids[i]
+            if seq in kept:
+                self._forks += 1
+                child = ("fork", self._forks)
+                while child in self.cache.manager.tables:
+                    self._forks += 1
+                    child = ("fork", self._forks)
+                self.cache.fork(seq, child)
+                forks.append(child)
+                seq = child
+            kept.add(seq)
+            new_ids.append(seq)
+        for seq in self.seq_ids:
+            if seq not in kept:
+                self.cache.free(seq)
+        self.seq_ids = new_ids
+        return forks
+
+    def step(self, n_new: int) -> PagedStep:
+        return self.cache.step(self.seq_ids, n_new)
 
 
 class PagedStep:

@@ -39,7 +39,8 @@ class KVStep(Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
-    """A key/value cache for a batch of rows (contiguous `KVCache`, `StaticKVCache`, `PagedKVCache`)."""
+    """A key/value cache for a batch of rows (contiguous `KVCache`, `StaticKVCache`; for the paged pool
+    `PagedKVCache`, a batch of its sequences, `PagedBatch`)."""
 
     @property
     def batch_size(self) -> int: ...

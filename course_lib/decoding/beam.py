@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from course_lib.core.checks import check_generation_inputs
-from course_lib.decoding.runners import CachedRunner, UncachedRunner
+from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
 from course_lib.decoding.stopping import check_stopping_args, completes_stop
 
@@ -114,9 +114,11 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
                 eos_token_id: int | list[int] | None = None, early_stopping: bool | str = False,
                 repetition_penalty: float = 1.0, pad_token_id: int | None = None,
                 attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-                stop: str | list[str] | None = None, enc=None) -> BeamResult:
+                stop: str | list[str] | None = None, enc=None, runner: Runner | None = None) -> BeamResult:
     """Beam search over idx (B, T); see the module docstring for the rules. stop needs enc (default the
-    course's cl100k_base); pad_token_id defaults as in the decode loop (the first eos id, else <|endoftext|>)."""
+    course's cl100k_base); pad_token_id defaults as in the decode loop (the first eos id, else <|endoftext|>).
+    runner: how steps run and which cache keeps the beams (default: the contiguous cache, or none without
+    use_cache); a `decoding.paged.PagedRunner` for B * num_beams rows keeps them in a paged cache."""
     check_beam_args(num_beams, length_penalty, early_stopping)
     check_sampling_args(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     eos, stops = check_stopping_args(eos_token_id, stop)
@@ -140,7 +142,8 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
     eos_set = set(eos)
     # The decode loop's runners run each step (the same cache and step as every other method); beam search keeps
     # its own loop around them because it chooses K candidates per row from K * vocab, not one token per row.
-    runner = CachedRunner(model) if use_cache else UncachedRunner(model)
+    if runner is None:
+        runner = CachedRunner(model) if use_cache else UncachedRunner(model)
     steps, rows_processed = 0, 0
     for step in range(max_new_tokens):
         window = x[:, -block:]

@@ -12,24 +12,24 @@ from collections.abc import Sequence
 
 import torch
 
-from course_lib.caches.paged_cache import PagedKVCache, SeqId, paged_forward
+from course_lib.caches.paged_cache import PagedBatch, PagedKVCache, SeqId, paged_forward
 from course_lib.core.checks import check_int
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
 
 
 class PagedRunner:
-    """The decode loop's runner for a paged cache: row b is sequence seqs[b]. The prefill runs each row's
-    real tokens alone (its padding stripped: a paged cache never stores padding); with a shared `prefix`
-    the first prefill runs the prefix once and forks it into every row. Finished rows leave the batch and
-    free their blocks."""
+    """The decode loop's runner for a paged cache: row b is sequence batch.seq_ids[b] (a `PagedBatch`). The
+    prefill runs each row's real tokens alone (its padding stripped: a paged cache never stores padding);
+    with a shared `prefix` the first prefill runs the prefix once and forks it into every row. Finished
+    rows leave the batch and free their blocks; a repeated row (beam search) is forked."""
 
     drops_rows = True
 
     def __init__(self, model, cache: PagedKVCache, n_rows: int, prefix: list[int] | None = None):
         self.model, self.cache, self.prefix = model, cache, prefix or []
-        self.seqs: list[SeqId] = list(range(n_rows))
-        self.added: list[SeqId] = []  # what this run put in the cache (generate_paged frees it)
+        self.batch = PagedBatch(cache, range(n_rows))
+        self.added: list[SeqId] = []  # what this run put in the cache (generate_paged frees what is left)
 
     def _add(self, seq: SeqId, parent: SeqId | None = None) -> None:
         if seq in self.added:  # a re-prefill after the window slid: start the row over
@@ -44,7 +44,7 @@ class PagedRunner:
         if shared:
             self._add("prefix")
             prefix_logits = paged_forward(self.model, self.cache, ["prefix"], torch.tensor([self.prefix], device=dev))
-        for b, seq in enumerate(self.seqs):  # each request alone, at its own length
+        for b, seq in enumerate(self.batch.seq_ids):  # each request alone, at its own length
             row = window[b] if mask is None else window[b][mask[b].bool()]
             own = row[len(self.prefix):] if shared else row
             self._add(seq, "prefix" if shared else None)
@@ -52,15 +52,14 @@ class PagedRunner:
         return torch.cat(logits)                                                   # (rows, vocab)
 
     def step(self, window: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return paged_forward(self.model, self.cache, self.seqs, window[:, -1:])   # every request, one token each
+        return paged_forward(self.model, self.cache, self.batch.seq_ids, window[:, -1:])  # every request, one token
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        keep = [self.seqs[i] for i in rows.tolist()]
-        for seq in self.seqs:
-            if seq not in keep:
-                self.cache.free(seq)
-                self.added.remove(seq)
-        self.seqs = keep
+        self.added += self.batch.select_rows(rows)  # the batch asks the pool: free dropped rows, fork repeated ones
+
+    def owned(self) -> list[SeqId]:
+        """The sequences of this run still in the cache."""
+        return [seq for seq in self.added if seq in self.cache.manager.tables]
 
     def sample(self, settings: SamplingSettings, logits: torch.Tensor, generator, draw: str) -> torch.Tensor:
         return settings.sample(logits, generator, draw)
@@ -120,6 +119,6 @@ def generate_paged(model, cache: PagedKVCache, prompts: Sequence[Sequence[int]],
         raise
     finally:
         if free:
-            for seq in runner.added:
+            for seq in runner.owned():
                 cache.free(seq)
     return out[:, T:].tolist()

@@ -53,3 +53,20 @@ def test_step_and_batch_comparisons_are_interleaved(make_gpt):
     assert b.names == ["batch 1", "batch 2"] and b.rounds == 2
     with pytest.raises(ValueError, match="unknown part"):
         step_comparison(model, 8, parts=("nope", "cached"))
+
+
+def test_02b_exercise_switches_off_every_stop_helper():
+    """Exercise 1 of 02b asks for a stop matcher: while the check runs, no public helper of
+    `decoding.stopping` that finds stops may answer for the student (a new helper must join the list)."""
+    import inspect
+    import json
+
+    import course_lib.decoding.stopping as stopping
+    from course_lib.core.paths import REPO_ROOT
+
+    nb = json.loads((REPO_ROOT / "notebooks" / "02b_stopping_scoring_beam_search.ipynb").read_text(encoding="utf-8"))
+    cell = next("".join(c["source"]) for c in nb["cells"] if "def _library_off" in "".join(c["source"]))
+    helpers = [n for n, o in vars(stopping).items() if not n.startswith("_") and n != "check_stopping_args"
+               and (inspect.isfunction(o) or inspect.isclass(o)) and o.__module__ == stopping.__name__]
+    assert "completes_stop" in helpers
+    assert [n for n in helpers if f'(_stopping, "{n}"' not in cell] == []

@@ -308,9 +308,8 @@ class PagedBatch:
         for i in rows.tolist():
             seq = self.seq_ids[i]
             if seq in kept:
-                self._forks += 1
-                child = ("fork", self._forks)
-                while child in self.cache.manager.tables:
+                child = seq
+                while child in self.cache.manager.tables:  # a name no sequence of the pool has yet
                     self._forks += 1
                     child = ("fork", self._forks)
                 self.cache.fork(seq, child)

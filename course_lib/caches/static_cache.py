@@ -75,18 +75,12 @@ class StaticKVCache(nn.Module):
     def select_rows(self, rows: torch.Tensor) -> None:
         """Row i becomes old row rows[i]. The buffers keep their addresses when the batch size stays (a
         compiled graph or CUDA graph holds them); a new batch size means new buffers, and a new graph."""
-        for name in ("k", "v"):
+        for name, dim in (("k", 1), ("v", 1), ("valid", 0), ("pad", 0)):  # dim: where the batch rows are
             buf = getattr(self, name)
-            if rows.numel() == buf.shape[1]:
-                buf.copy_(buf.index_select(1, rows))
+            if rows.numel() == buf.shape[dim]:
+                buf.copy_(buf.index_select(dim, rows))
             else:
-                setattr(self, name, buf.index_select(1, rows))
-        for name in ("valid", "pad"):
-            buf = getattr(self, name)
-            if rows.numel() == buf.shape[0]:
-                buf.copy_(buf.index_select(0, rows))
-            else:
-                setattr(self, name, buf.index_select(0, rows))
+                setattr(self, name, buf.index_select(dim, rows))
 
     def set_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Before a prefill: mark left-padding slots (attention_mask (B, T), 1 = real token) as never attended."""

@@ -9,6 +9,7 @@ started at the same moment get different folders.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import re
@@ -153,8 +154,6 @@ def fresh_output_file(arg: str | Path) -> Path:
 
 def fresh_output_arg(arg: str) -> Path:
     """`fresh_output_file` as an argparse `type=`: an existing file is a usage error (one line, exit 2)."""
-    import argparse
-
     try:
         return fresh_output_file(arg)
     except FileExistsError as exc:

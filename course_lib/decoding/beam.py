@@ -34,7 +34,7 @@ import torch
 from course_lib.core.checks import check_generation_inputs
 from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import SamplingSettings, check_sampling_args
-from course_lib.decoding.stopping import check_stopping_args, completes_stop
+from course_lib.decoding.stopping import check_stopping_args, completes_stop, default_pad_id, stop_encoding
 
 NEG = -1e9  # the score of the initial duplicate beams: never chosen while a real candidate exists
 
@@ -123,11 +123,9 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int, *
     check_sampling_args(max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty)
     eos, stops = check_stopping_args(eos_token_id, stop)
     attention_mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
-    if stops and enc is None:
-        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer (needs tiktoken)
-        enc = get_encoding()
+    enc = stop_encoding(stop, enc)
     stop_bytes = [s.encode("utf-8") for s in stops]
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else (enc.eot_token if enc is not None else 0))
+    pad = default_pad_id(pad_token_id, eos, enc)
     if max_new_tokens == 0:
         return BeamResult(idx, [0.0] * idx.shape[0], [0.0] * idx.shape[0], [[] for _ in range(idx.shape[0])], 0, 0)
     settings = SamplingSettings(repetition_penalty=repetition_penalty)

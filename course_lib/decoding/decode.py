@@ -36,7 +36,7 @@ from course_lib.core.checks import check_generation_inputs
 from course_lib.decoding.beam import beam_search, check_beam_args
 from course_lib.decoding.runners import CachedRunner, Runner, UncachedRunner
 from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
-from course_lib.decoding.stopping import StopCriteria
+from course_lib.decoding.stopping import StopCriteria, default_pad_id, stop_encoding
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 STOP_CHECK_EVERY = 8  # on a device, "is every row finished?" makes the host wait: ask every 8 tokens
@@ -125,12 +125,9 @@ def generate_ids(model, idx: torch.Tensor, max_new_tokens: int, temperature: flo
     check_sampling_args(max_new_tokens=max_new_tokens)
     mask = check_generation_inputs(idx, model.h_params["vocab_size"], attention_mask, pad_token_id)
     warn_if_training(model)
-    if stop is not None and enc is None:
-        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
-        enc = get_encoding()
+    enc = stop_encoding(stop, enc)
     stopper = StopCriteria(idx.shape[0], eos_token_id, stop, enc, device=idx.device)
-    if pad_token_id is None:
-        pad_token_id = stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
+    pad_token_id = default_pad_id(pad_token_id, stopper.eos, enc)
     if idx.shape[1] > model.block_size:
         warnings.warn(f"context of {idx.shape[1]} tokens is longer than block_size {model.block_size}: "
                       f"the model sees only the last {model.block_size}", stacklevel=2)

@@ -50,7 +50,7 @@ from course_lib.caches.static_cache import StaticKVCache
 from course_lib.core.checks import check_generation_inputs, check_int
 from course_lib.decoding.decode import generate_ids
 from course_lib.decoding.sampling import DEFAULT_TEMPERATURE, SamplingSettings, check_sampling_args
-from course_lib.decoding.stopping import StopCriteria
+from course_lib.decoding.stopping import StopCriteria, default_pad_id, stop_encoding
 
 __all__ = ["SpecStats", "speculative_generate", "prompt_lookup_generate", "prompt_lookup_candidates",
            "accept_greedy", "accept_sampled", "verify_static", "draft_step_greedy", "verify_greedy"]
@@ -211,17 +211,8 @@ def _check_args(target, idx: torch.Tensor, max_new_tokens: int, k: int, attentio
 
 
 def _stopper(eos_token_id, stop, enc, device) -> tuple[StopCriteria, object]:
-    if stop is not None and enc is None:
-        from course_lib.text.tokenizer import get_encoding  # the course model's tokenizer
-        enc = get_encoding()
+    enc = stop_encoding(stop, enc)
     return StopCriteria(1, eos_token_id, stop, enc, device=device), enc
-
-
-def _pad_id(pad_token_id: int | None, stopper: StopCriteria, enc) -> int:
-    """The decode loop's default padding for finished rows: the first eos id, else <|endoftext|>."""
-    if pad_token_id is not None:
-        return pad_token_id
-    return stopper.eos[0] if stopper.eos else (enc.eot_token if enc is not None else 0)
 
 
 def _finish(target, seq: list[int], idx: torch.Tensor, max_new_tokens: int, settings: SamplingSettings,
@@ -450,7 +441,7 @@ def speculative_generate(target, draft, idx: torch.Tensor, max_new_tokens: int, 
                    _stopper(eos_token_id, stop, enc, row.device)[0])
         return _cut_at_stop(out, row.shape[1], eos_token_id, stop, enc)
 
-    out = _each_row(one_row, idx, mask, stats, _pad_id(pad_token_id, stopper, enc))
+    out = _each_row(one_row, idx, mask, stats, default_pad_id(pad_token_id, stopper.eos, enc))
     return (out, stats) if return_stats else out
 
 
@@ -474,5 +465,5 @@ def prompt_lookup_generate(target, idx: torch.Tensor, max_new_tokens: int, num_t
                    stats, _stopper(eos_token_id, stop, enc, row.device)[0])
         return _cut_at_stop(out, row.shape[1], eos_token_id, stop, enc)
 
-    out = _each_row(one_row, idx, mask, stats, _pad_id(pad_token_id, stopper, enc))
+    out = _each_row(one_row, idx, mask, stats, default_pad_id(pad_token_id, stopper.eos, enc))
     return (out, stats) if return_stats else out

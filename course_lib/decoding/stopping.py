@@ -23,7 +23,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from course_lib.text.tokenizer import token_bytes
+from course_lib.text.tokenizer import get_encoding, token_bytes
+
+
+def stop_encoding(stop, enc):
+    """The tokenizer that stop strings are matched with: `enc`, else the course model's cl100k_base
+    (stop strings are text, the loop sees ids). Only loaded when there are stop strings."""
+    return get_encoding() if stop is not None and enc is None else enc
+
+
+def default_pad_id(pad_token_id: int | None, eos: Sequence[int], enc) -> int:
+    """What a finished row is padded with unless told: the first eos id, else <|endoftext|> (0 without a
+    tokenizer). The decode loop, beam search and speculative decoding all pad this way."""
+    if pad_token_id is not None:
+        return pad_token_id
+    return eos[0] if eos else (enc.eot_token if enc is not None else 0)
 
 
 def check_stopping_args(eos_token_id: int | Sequence[int] | None = None,
